@@ -1,0 +1,24 @@
+"""tickbus kernel: bus, lanes, plugin manager and hookspecs, config, clock, lifecycle, CLI.
+
+Plugins import from here (and from ``schemas``) only::
+
+    from kernel import hookimpl, PluginContext, TickbusError
+"""
+
+from .clock import Clock, LiveClock, ReplayClock
+from .context import PluginContext
+from .errors import ConfigError, TickbusError
+from .fixed import from_fixed, to_fixed
+from .hookspecs import hookimpl
+
+__all__ = [
+    "Clock",
+    "ConfigError",
+    "LiveClock",
+    "PluginContext",
+    "ReplayClock",
+    "TickbusError",
+    "from_fixed",
+    "hookimpl",
+    "to_fixed",
+]

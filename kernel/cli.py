@@ -1,0 +1,128 @@
+"""The ``tickbus`` command: run, sniff, plugins (and the operator tools).
+
+A user error (bad config, unknown plugin, endpoint in use) is one line on stderr and exit
+status 2 - never a traceback, unless ``--debug`` asks for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from .errors import TickbusError
+
+DEFAULT_CONFIG = "configs/default.toml"
+
+
+def _config_path(given: str | None) -> str:
+    return given or os.environ.get("TICKBUS_CONFIG") or DEFAULT_CONFIG
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``tickbus run [CONFIG]``: start the kernel with the plugins the config enables."""
+    from .app import Kernel
+    from .config import load_config
+
+    cfg = load_config(_config_path(args.config))
+    level = os.environ.get("TICKBUS_LOG_LEVEL") or cfg.kernel.log_level
+    logging.getLogger().setLevel(level.upper())
+    return Kernel(cfg).run()
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """``tickbus plugins``: every installed plugin, where it comes from, and whether the
+    config enables it (no plugin is imported)."""
+    from .config import load_config
+    from .plugins import discover
+
+    found = discover()
+    instances: dict[str, list[str]] = {}
+    path = _config_path(args.config)
+    cfg = load_config(path) if (args.config or os.path.exists(path)) else None
+    if cfg is not None:
+        for inst in cfg.plugins.values():
+            state = f"{inst.name} (lane {inst.lane})" if inst.enabled else f"{inst.name} (disabled)"
+            instances.setdefault(inst.plugin, []).append(state)
+    rows = [("PLUGIN", "MODULE", "DISTRIBUTION", f"IN {path}" if cfg else "CONFIG")]
+    for name in sorted(found):
+        d = found[name]
+        rows.append((name, d.value, d.distribution, ", ".join(instances.get(name, [])) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])
+    missing = sorted(set(instances) - set(found))
+    for name in missing:
+        print(
+            f"tickbus: warning: config names plugin {name!r}, which is not installed",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _tool(module: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int]]:
+    import importlib
+
+    mod = importlib.import_module(module)
+    return mod.build_parser, mod.run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    p = argparse.ArgumentParser(
+        prog="tickbus",
+        description="Low-latency crypto trading engine: a message-bus microkernel.",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the kernel with the plugins a config enables")
+    run.add_argument(
+        "config", nargs="?", help=f"TOML config (default: $TICKBUS_CONFIG or {DEFAULT_CONFIG})"
+    )
+    run.set_defaults(func=cmd_run)
+
+    plugins = sub.add_parser("plugins", help="list installed plugins and what the config enables")
+    plugins.add_argument(
+        "--config", help=f"config to compare with (default: {DEFAULT_CONFIG} if present)"
+    )
+    plugins.set_defaults(func=cmd_plugins)
+
+    for name, module, help_ in (
+        ("sniff", "tools.sniffer", "print messages flowing on a running bus"),
+        ("exchange-sim", "tools.exchange_sim", "serve a recorded capture as a Binance-like server"),
+        ("record", "tools.record", "record raw Binance frames to a capture file"),
+    ):
+        try:
+            add_args, run_tool = _tool(module)
+        except ImportError:
+            continue  # a tool whose module is not built yet is simply absent
+        tp = sub.add_parser(name, help=help_)
+        add_args(tp)
+        tp.set_defaults(func=run_tool)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script entry point."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TickbusError as err:
+        if args.debug:
+            raise
+        print(f"tickbus: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,230 @@
+"""The TOML config, validated into msgspec Structs.
+
+Layout::
+
+    [kernel]               # process-wide settings (KernelConfig)
+    [bus]                  # endpoints and high-water marks (BusConfig)
+    [lanes.<name>]         # one thread each (LaneConfig); default: a single lane "main"
+    [plugins.<name>]       # one plugin instance each: reserved keys below, the rest is the
+                           # plugin's own config, validated by the type the plugin declares
+
+Reserved keys in a plugin table: ``plugin`` (entry point name, default: the table name, so
+one plugin can run as several instances), ``lane``, ``enabled`` (default true) and ``after``
+(instances that must start before this one).
+
+Every error is a :class:`~kernel.errors.ConfigError` naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from .errors import ConfigError
+
+RESERVED_PLUGIN_KEYS = frozenset({"plugin", "lane", "enabled", "after"})
+DEFAULT_LANE = "main"
+
+
+class KernelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[kernel]``: process-wide settings."""
+
+    name: str = "tickbus"
+    """Process name: shown in heartbeats and by the sniffer."""
+    runtime_dir: str = ""
+    """Where the ipc sockets live. Default: ``$RUNTIME_DIRECTORY`` (systemd), else
+    ``$XDG_RUNTIME_DIR/tickbus``, else ``/tmp/tickbus-<uid>``."""
+    state_dir: str = ""
+    """Where state (the database) lives.
+    Default: ``$STATE_DIRECTORY`` (systemd), else ``./state``."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    clock: Literal["live", "replay"] = "live"
+    heartbeat_s: float = 1.0
+    """Each lane publishes ``sys.heartbeat`` this often; the systemd watchdog is fed only
+    while every lane beats."""
+    stop_timeout_s: float = 0.8
+    """Budget for stopping plugins and draining the bus before the process exits anyway."""
+    drain_timeout_s: float = 10.0
+    """Longest a drain may take while lanes are still working off a backlog: nothing
+    already published is dropped at shutdown unless this runs out (then it is logged)."""
+
+
+class BusConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[bus]``: where the bus is reachable from outside the process.
+
+    ``{runtime_dir}`` in an endpoint is replaced by the runtime directory."""
+
+    tap: str = "ipc://{runtime_dir}/tap"
+    """Endpoint for sniffers. Lossy by design: a slow sniffer loses messages, never the engine."""
+    tap_hwm: int = 100_000
+    listen_pub: list[str] = msgspec.field(default_factory=lambda: ["ipc://{runtime_dir}/bus-pub"])
+    """Endpoints where plugins in other processes publish into this bus."""
+    listen_sub: list[str] = msgspec.field(default_factory=lambda: ["ipc://{runtime_dir}/bus-sub"])
+    """Endpoints where plugins in other processes subscribe. Lossless (no high-water mark)."""
+    join_pub: str = ""
+    join_sub: str = ""
+    """Set both to join another tickbus process's bus (its ``listen_pub``/``listen_sub``)
+    instead of hosting a router: this process's lanes then run as remote lanes."""
+
+
+class LaneConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``[lanes.<name>]``: one thread with its own event loop."""
+
+    cpu: int = -1
+    """Pin the whole process to this CPU when the lane starts (-1: no pinning).
+    Linux pins threads individually; Python threads share the GIL, so this is advisory."""
+
+
+class PluginEntry(msgspec.Struct, frozen=True):
+    """One ``[plugins.<name>]`` table after the reserved keys are split off."""
+
+    name: str
+    plugin: str
+    lane: str
+    enabled: bool
+    after: tuple[str, ...]
+    settings: dict[str, Any]
+
+
+class Config(msgspec.Struct, frozen=True):
+    """A whole validated config file."""
+
+    path: str
+    kernel: KernelConfig
+    bus: BusConfig
+    lanes: dict[str, LaneConfig]
+    plugins: dict[str, PluginEntry]
+
+    @property
+    def runtime_dir(self) -> Path:
+        """The runtime directory (ipc sockets), resolved from config and environment."""
+        return resolve_runtime_dir(self.kernel.runtime_dir)
+
+    @property
+    def state_dir(self) -> Path:
+        """The state directory (database), resolved from config and environment."""
+        if self.kernel.state_dir:
+            return Path(os.path.expandvars(self.kernel.state_dir)).expanduser()
+        env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(env) if env else Path("state")
+
+    def endpoint(self, template: str) -> str:
+        """Expand ``{runtime_dir}`` in an endpoint."""
+        return template.replace("{runtime_dir}", str(self.runtime_dir))
+
+
+def resolve_runtime_dir(configured: str = "") -> Path:
+    """Runtime directory: config value, else systemd's, else XDG, else ``/tmp/tickbus-<uid>``."""
+    if configured:
+        return Path(os.path.expandvars(configured)).expanduser()
+    env = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "tickbus"
+    return Path(f"/tmp/tickbus-{os.getuid()}")
+
+
+_AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def _key_and_problem(prefix: str, err: msgspec.ValidationError) -> tuple[str, str]:
+    """Turn msgspec's ``Expected `int`, got `str` - at `$.a.b``` into (key, problem)."""
+    text = str(err)
+    key = prefix
+    m = _AT_PATH.search(text)
+    if m:
+        text = text[: m.start()]
+        sub = m.group("path").lstrip(".")
+        key = ".".join(p for p in (prefix, sub) if p)
+    unknown = re.fullmatch(r"Object contains unknown field `(.+)`", text)
+    if unknown:
+        return ".".join(p for p in (key, unknown.group(1)) if p), "unknown key"
+    missing = re.fullmatch(r"Object missing required field `(.+)`", text)
+    if missing:
+        return ".".join(p for p in (key, missing.group(1)) if p), "missing required key"
+    return key, text[:1].lower() + text[1:]
+
+
+def convert(path: str, key: str, data: Any, type_: Any) -> Any:
+    """Validate ``data`` into ``type_``; a failure becomes a ConfigError naming ``key``."""
+    try:
+        return msgspec.convert(data, type_, strict=True)
+    except msgspec.ValidationError as err:
+        k, problem = _key_and_problem(key, err)
+        raise ConfigError(path, k, problem) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a config file (plugin settings are validated later, by the
+    plugin manager, once it knows each plugin's config type)."""
+    p = str(path)
+    try:
+        with open(p, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(p, "", "no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(p, "", "is a directory, not a config file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(p, "", f"not valid TOML: {err}") from None
+    return parse_config(raw, p)
+
+
+def parse_config(raw: dict[str, Any], path: str = "<config>") -> Config:
+    """Validate an already-parsed TOML document."""
+    unknown = set(raw) - {"kernel", "bus", "lanes", "plugins"}
+    if unknown:
+        raise ConfigError(
+            path, sorted(unknown)[0], "unknown section (known: kernel, bus, lanes, plugins)"
+        )
+    kernel = convert(path, "kernel", raw.get("kernel", {}), KernelConfig)
+    if kernel.heartbeat_s <= 0:
+        raise ConfigError(path, "kernel.heartbeat_s", "must be > 0")
+    for key in ("stop_timeout_s", "drain_timeout_s"):
+        if getattr(kernel, key) <= 0:
+            raise ConfigError(path, f"kernel.{key}", "must be > 0")
+    bus = convert(path, "bus", raw.get("bus", {}), BusConfig)
+    if bool(bus.join_pub) != bool(bus.join_sub):
+        raise ConfigError(path, "bus.join_pub", "join_pub and join_sub must be set together")
+    if bus.tap_hwm < 1:
+        raise ConfigError(path, "bus.tap_hwm", "must be >= 1 (the tap is bounded on purpose)")
+    lanes = convert(path, "lanes", raw.get("lanes", {}), dict[str, LaneConfig])
+    if not lanes:
+        lanes = {DEFAULT_LANE: LaneConfig()}
+    plugins_raw = raw.get("plugins", {})
+    if not isinstance(plugins_raw, dict):
+        raise ConfigError(path, "plugins", "must be a table of [plugins.<name>] tables")
+    plugins: dict[str, PluginEntry] = {}
+    for name, table in plugins_raw.items():
+        plugins[name] = _plugin_entry(path, name, table, lanes)
+    for entry in plugins.values():
+        for dep in entry.after:
+            if dep not in plugins:
+                raise ConfigError(
+                    path, f"plugins.{entry.name}.after", f"no plugin instance named {dep!r}"
+                )
+    return Config(path=path, kernel=kernel, bus=bus, lanes=lanes, plugins=plugins)
+
+
+def _plugin_entry(path: str, name: str, table: Any, lanes: dict[str, LaneConfig]) -> PluginEntry:
+    key = f"plugins.{name}"
+    if not isinstance(table, dict):
+        raise ConfigError(path, key, "must be a table")
+    plugin = convert(path, f"{key}.plugin", table.get("plugin", name), str)
+    default_lane = next(iter(lanes))
+    lane = convert(path, f"{key}.lane", table.get("lane", default_lane), str)
+    if lane not in lanes:
+        raise ConfigError(
+            path, f"{key}.lane", f"lane {lane!r} does not exist (lanes: {', '.join(lanes)})"
+        )
+    enabled = convert(path, f"{key}.enabled", table.get("enabled", True), bool)
+    after = tuple(convert(path, f"{key}.after", table.get("after", []), list[str]))
+    settings = {k: v for k, v in table.items() if k not in RESERVED_PLUGIN_KEYS}
+    return PluginEntry(name, plugin, lane, enabled, after, settings)

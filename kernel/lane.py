@@ -1,0 +1,404 @@
+"""A lane: one thread, one asyncio event loop, one routing table.
+
+Inside a lane, ``publish`` is a direct synchronous call of the lane's subscribers with the
+same immutable Struct - no copy, no encode. A message leaves the lane (encoded, through the
+router) only when someone outside the lane has subscribed to a prefix of its topic: other
+lanes, other processes, or a sniffer on the tap. The lane learns that from the subscription
+messages its XPUB socket receives, so an untapped hot lane never encodes.
+
+Routing is compiled once per topic (prefix matching on the cold path) into a dict hit on
+the hot path. Handlers that raise are logged and counted; they never kill the lane, and a
+malformed frame arriving from outside is counted, logged once with a sample, and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import msgspec
+import zmq
+
+from schemas import Barrier, Codec, Heartbeat, Msg
+
+log = logging.getLogger("tickbus.lane")
+
+Handler = Callable[[Any], None]
+T = TypeVar("T")
+
+BARRIER_TOPIC = "sys.barrier"
+HEARTBEAT_TOPIC = "sys.heartbeat"
+_BARRIER_B = BARRIER_TOPIC.encode()
+_RECV_BATCH = 512  # frames handled per wake-up before yielding to the loop's other work
+_POKE_S = 0.05  # re-check sockets: a ZeroMQ FD is edge-triggered and a send can eat an edge
+
+
+class Route(msgspec.Struct, frozen=True, gc=False):
+    """What one topic compiles to inside a lane."""
+
+    handlers: tuple[Handler, ...]
+    wire_topic: bytes | None  # set when someone outside the lane wants the topic
+
+
+class LaneStats(msgspec.Struct):
+    """Counters of one lane (read by metrics and tests; written only by the lane thread)."""
+
+    published: int = 0
+    sent: int = 0
+    received: int = 0
+    bad_frames: int = 0
+    handler_errors: int = 0
+    heartbeats: int = 0
+
+
+class Lane:
+    """One thread with its own loop; see the module docstring."""
+
+    def __init__(
+        self,
+        name: str,
+        index: int,
+        *,
+        process: str,
+        zctx: zmq.Context,
+        pub_endpoint: str,
+        sub_endpoint: str,
+        codec_types: Iterable[type[Msg]],
+        heartbeat_s: float,
+        exact_interest: bool = True,
+        cpu: int = -1,
+    ) -> None:
+        self.name = name
+        self.process = process
+        self.instance = f"{process}/{os.getpid()}"  # barriers of this process only
+        # Distinct per lane and per process, so a lane recognises its own messages coming
+        # back from the router (it has already delivered them in-lane).
+        self.origin = ((os.getpid() & 0xFFFFFF) << 8 | (index & 0xFF)).to_bytes(4, "big")
+        self.stats = LaneStats()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._main, name=f"lane-{name}", daemon=True)
+        self.last_beat = time.monotonic()
+        self._zctx = zctx
+        self._pub_endpoint = pub_endpoint
+        self._sub_endpoint = sub_endpoint
+        self._codec_types = tuple(codec_types)
+        self._heartbeat_s = heartbeat_s
+        self._exact = exact_interest
+        self._cpu = cpu
+        self._subs: list[tuple[str, Handler]] = []
+        self._routes: dict[str, Route] = {}
+        self._in_routes: dict[bytes, tuple[Handler, ...]] = {}
+        self._interest: dict[bytes, int] = {}
+        self._own: set[bytes] = set()
+        self._expect: dict[bytes, int] = {}
+        self._expect_fut: concurrent.futures.Future[None] | None = None
+        self._barriers: defaultdict[int, int] = defaultdict(int)
+        self._barrier_waiters: dict[int, concurrent.futures.Future[int]] = {}
+        self._peers = 0
+        self._failed_handlers: set[Any] = set()
+        self._bad_kinds: set[str] = set()
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._seq = 0
+        self._hb_handle: asyncio.TimerHandle | None = None
+        self._xpub: zmq.Socket | None = None
+        self._sub: zmq.Socket | None = None
+
+    # ------------------------------------------------------------------ thread & loop
+
+    def start(self) -> None:
+        """Start the thread, create its sockets; return when the loop runs."""
+        self.thread.start()
+        self._ready.wait(5.0)
+        if self._start_error is not None:
+            raise self._start_error
+        if not self._ready.is_set():
+            raise RuntimeError(f"lane {self.name} did not start")
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self.loop = loop
+        try:
+            if self._cpu >= 0 and hasattr(os, "sched_setaffinity"):
+                os.sched_setaffinity(threading.get_native_id(), {self._cpu})
+            self.codec = Codec(self._codec_types)
+            self._encode = self.codec.encode
+            self._decode = self.codec.decode
+            xpub = self._zctx.socket(zmq.XPUB)
+            xpub.setsockopt(zmq.LINGER, 0)
+            xpub.setsockopt(zmq.SNDHWM, 0)  # must-deliver: never drop, see kernel.router
+            xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
+            xpub.connect(self._pub_endpoint)
+            sub = self._zctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.RCVHWM, 0)
+            sub.connect(self._sub_endpoint)
+            self._xpub, self._sub = xpub, sub
+            self._send = xpub.send_multipart
+            loop.add_reader(sub.getsockopt(zmq.FD), self._on_bus_readable)
+            loop.add_reader(xpub.getsockopt(zmq.FD), self._on_interest_readable)
+            loop.call_later(_POKE_S, self._poke)
+        except BaseException as err:  # reported to the starting thread
+            self._start_error = err
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            for sock in (self._xpub, self._sub):
+                if sock is not None:
+                    try:
+                        loop.remove_reader(sock.getsockopt(zmq.FD))  # type: ignore[arg-type]
+                    except (zmq.ZMQError, ValueError):
+                        pass
+                    sock.close(linger=0)
+            loop.close()
+
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = 5.0) -> T:
+        """Run ``fn(*args)`` on the lane thread and return its result (from another thread)."""
+        assert self.loop is not None
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as err:
+                fut.set_exception(err)
+
+        self.loop.call_soon_threadsafe(run)
+        return fut.result(timeout)
+
+    def stop_loop(self, timeout: float = 1.0) -> bool:
+        """Stop the loop and join the thread; False if the lane did not end in time."""
+        if self.loop is not None and self.thread.is_alive():
+            if self._hb_handle is not None:
+                self.loop.call_soon_threadsafe(self._hb_handle.cancel)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    # ------------------------------------------------------------------ set-up (cold path)
+
+    def subscribe(self, prefix: str, handler: Handler) -> None:
+        """Deliver every message whose topic starts with ``prefix`` to ``handler``."""
+        self._subs.append((prefix, handler))
+        self._routes.clear()
+        self._in_routes.clear()
+        if self._sub is not None and self._own:  # lane already active: subscribe now
+            self._subscribe_bus(prefix.encode())
+
+    def bus_prefixes(self) -> set[bytes]:
+        """Prefixes this lane subscribes on the router (its handlers' plus the barrier)."""
+        return {p.encode() for p, _ in self._subs} | {_BARRIER_B}
+
+    def activate(self, expected: dict[bytes, int], peers: int) -> concurrent.futures.Future[None]:
+        """Subscribe on the router; the future resolves when this lane's XPUB has seen
+        ``expected`` subscriptions (every local lane's), so no message is lost at start."""
+        self._peers = peers
+        self._expect = dict(expected)
+        fut: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._expect_fut = fut
+        for prefix in sorted(self.bus_prefixes()):
+            self._subscribe_bus(prefix)
+        self._check_expected()
+        self._hb_handle = self.loop.call_later(0, self._beat) if self.loop else None
+        return fut
+
+    def _subscribe_bus(self, prefix: bytes) -> None:
+        if prefix not in self._own:
+            self._own.add(prefix)
+            assert self._sub is not None
+            self._sub.setsockopt(zmq.SUBSCRIBE, prefix)
+
+    def _check_expected(self) -> None:
+        fut = self._expect_fut
+        if fut is None or fut.done():
+            return
+        if all(self._interest.get(p, 0) >= n for p, n in self._expect.items()):
+            fut.set_result(None)
+
+    # ------------------------------------------------------------------ hot path
+
+    def publish(self, topic: str, msg: Msg) -> None:
+        """Deliver ``msg`` to this lane's subscribers of ``topic`` now, and hand it to the
+        router if anyone outside the lane wants it. Lane thread only."""
+        route = self._routes.get(topic)
+        if route is None:
+            route = self._compile(topic)
+        self.stats.published += 1
+        for handler in route.handlers:
+            try:
+                handler(msg)
+            except Exception:
+                self._handler_failed(handler, topic)
+        if route.wire_topic is not None:
+            self._send((route.wire_topic, self.origin + self._encode(msg)))
+            self.stats.sent += 1
+
+    def _compile(self, topic: str) -> Route:
+        handlers = tuple(h for p, h in self._subs if topic.startswith(p))
+        wire = topic.encode()
+        external = any(wire.startswith(p) and self._outside(p) for p in self._interest)
+        route = Route(handlers, wire if external else None)
+        self._routes[topic] = route
+        return route
+
+    def _outside(self, prefix: bytes) -> bool:
+        n = self._interest.get(prefix, 0)
+        # Our own router subscription counts once; in exact mode (every lane of this
+        # process subscribed after all XPUBs attached) the rest is outside interest.
+        if self._exact and prefix in self._own:
+            n -= 1
+        return n > 0
+
+    def _handler_failed(self, handler: Any, topic: str) -> None:
+        self.stats.handler_errors += 1
+        key = getattr(handler, "__qualname__", repr(handler))
+        if key not in self._failed_handlers:
+            self._failed_handlers.add(key)
+            log.exception("lane %s: handler %s failed on %s (logged once)", self.name, key, topic)
+
+    # ------------------------------------------------------------------ from the router
+
+    def _on_bus_readable(self) -> None:
+        sock = self._sub
+        if sock is None:
+            return
+        recv = sock.recv_multipart
+        decode = self._decode
+        origin = self.origin
+        routes = self._in_routes
+        for _ in range(_RECV_BATCH):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            if len(frames) != 2 or len(frames[1]) < 5:
+                self._bad_frame("wrong frame count or size", frames)
+                continue
+            wire_topic, body = frames
+            if body[:4] == origin:
+                continue  # ours: already delivered in-lane
+            try:
+                msg = decode(memoryview(body)[4:])
+            except msgspec.DecodeError as err:
+                self._bad_frame(f"undecodable: {err}", frames)
+                continue
+            self.stats.received += 1
+            if wire_topic == _BARRIER_B:
+                self._on_barrier(msg)
+                continue
+            handlers = routes.get(wire_topic)
+            if handlers is None:
+                handlers = self._compile_in(wire_topic)
+                if handlers is None:
+                    self._bad_frame("topic is not UTF-8", frames)
+                    continue
+            for handler in handlers:
+                try:
+                    handler(msg)
+                except Exception:
+                    self._handler_failed(handler, wire_topic.decode())
+        # more frames may be waiting: let other callbacks run, then continue
+        assert self.loop is not None
+        self.loop.call_soon(self._on_bus_readable)
+
+    def _compile_in(self, wire_topic: bytes) -> tuple[Handler, ...] | None:
+        try:
+            topic = wire_topic.decode()
+        except UnicodeDecodeError:
+            return None
+        handlers = tuple(h for p, h in self._subs if topic.startswith(p))
+        self._in_routes[wire_topic] = handlers
+        return handlers
+
+    def _bad_frame(self, why: str, frames: list[bytes]) -> None:
+        self.stats.bad_frames += 1
+        kind = why.split(":")[0]
+        if kind not in self._bad_kinds:  # once per kind, with a sample
+            self._bad_kinds.add(kind)
+            sample = [f[:64] for f in frames[:3]]
+            log.warning(
+                "lane %s: skipped a bad frame from the bus (%s); sample %r", self.name, why, sample
+            )
+
+    def _on_interest_readable(self) -> None:
+        sock = self._xpub
+        if sock is None:
+            return
+        changed = False
+        while True:
+            try:
+                event = sock.recv(zmq.NOBLOCK)
+            except (zmq.Again, zmq.ZMQError):
+                break
+            if not event:
+                continue
+            prefix = event[1:]
+            if event[0] == 1:
+                self._interest[prefix] = self._interest.get(prefix, 0) + 1
+            elif event[0] == 0:
+                # libzmq forwards an unsubscription only when the last subscriber of the
+                # prefix is gone, so the count drops to zero.
+                self._interest.pop(prefix, None)
+            changed = True
+        if changed:
+            self._routes.clear()
+            self._check_expected()
+
+    def _poke(self) -> None:
+        self._on_interest_readable()
+        self._on_bus_readable()
+        assert self.loop is not None
+        self.loop.call_later(_POKE_S, self._poke)
+
+    # ------------------------------------------------------------------ heartbeat & drain
+
+    def _beat(self) -> None:
+        self.last_beat = time.monotonic()
+        self._seq += 1
+        self.stats.heartbeats += 1
+        self.publish(HEARTBEAT_TOPIC, Heartbeat(self.process, self.name, self._seq, time.time_ns()))
+        assert self.loop is not None
+        self._hb_handle = self.loop.call_later(self._heartbeat_s, self._beat)
+
+    def send_barrier(self, epoch: int) -> int:
+        """Publish drain marker ``epoch`` to every lane; return messages sent so far."""
+        body = self._encode(Barrier(self.instance, self.name, epoch))
+        self._send((_BARRIER_B, self.origin + body))
+        return self.stats.sent
+
+    def expect_barrier(self, epoch: int) -> concurrent.futures.Future[int]:
+        """A future resolved when barrier ``epoch`` came from every other lane.
+        Lane thread only (``lane.call``), so it cannot race the arrivals."""
+        fut: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._barrier_waiters[epoch] = fut
+        if self._peers == 0 or self._barriers.get(epoch, 0) >= self._peers:
+            fut.set_result(epoch)
+        return fut
+
+    def _on_barrier(self, msg: Any) -> None:
+        if not isinstance(msg, Barrier) or msg.process != self.instance:
+            return
+        self.stats.received -= 1  # markers are not traffic
+        self._barriers[msg.epoch] += 1
+        fut = self._barrier_waiters.get(msg.epoch)
+        if fut is not None and self._barriers[msg.epoch] >= self._peers:
+            del self._barrier_waiters[msg.epoch]
+            self._barriers.pop(msg.epoch, None)
+            if not fut.done():
+                fut.set_result(msg.epoch)

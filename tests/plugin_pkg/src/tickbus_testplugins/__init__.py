@@ -1,0 +1,1 @@
+"""Sample tickbus plugins, installed as a separate distribution by the tests."""
