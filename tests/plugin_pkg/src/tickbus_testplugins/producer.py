@@ -1,8 +1,9 @@
-"""Test plugin: publishes ``count`` numbered messages once started."""
+"""Test plugin: publishes numbered messages once started."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -15,8 +16,16 @@ from schemas import SCALE, Fill, Trade
 class ProducerConfig(msgspec.Struct, forbid_unknown_fields=True):
     topic: str = "md.trade.BTCUSDT"
     count: int = 1000
-    kind: str = "trade"  # or "fill"
-    chunk: int = 1000  # messages per loop iteration, so the lane keeps serving its loop
+    """How many messages; 0 = until stopped."""
+    kind: str = "trade"
+    """"trade" or "fill"."""
+    chunk: int = 1000
+    """Messages per loop iteration, so the lane keeps serving its loop."""
+    period_ms: float = 0.0
+    """Pause between chunks (0: as fast as possible)."""
+    shutdown_when_done: bool = False
+    out: str = ""
+    """Write how many messages were sent to this JSON file at shutdown."""
 
 
 def make_msg(kind: str, i: int, now: int) -> Any:
@@ -45,7 +54,7 @@ def tickbus_config_type() -> type:
 
 @hookimpl
 def tickbus_setup(ctx: PluginContext) -> dict[str, Any]:
-    return {"sent": 0, "done": asyncio.Event()}
+    return {"sent": 0, "done": False}
 
 
 @hookimpl
@@ -55,12 +64,23 @@ def tickbus_start(ctx: PluginContext) -> None:
     async def produce() -> None:
         state = ctx.component
         publish = ctx.publish
-        now = time.time_ns()
-        for i in range(cfg.count):
-            publish(cfg.topic, make_msg(cfg.kind, i, now))
-            state["sent"] = i + 1
-            if (i + 1) % cfg.chunk == 0:
-                await asyncio.sleep(0)
-        state["done"].set()
+        i = 0
+        while not cfg.count or i < cfg.count:
+            now = time.time_ns()
+            for _ in range(min(cfg.chunk, cfg.count - i) if cfg.count else cfg.chunk):
+                publish(cfg.topic, make_msg(cfg.kind, i, now))
+                i += 1
+            state["sent"] = i
+            await asyncio.sleep(cfg.period_ms / 1000)
+        state["done"] = True
+        if cfg.shutdown_when_done:
+            ctx.request_shutdown(f"sent {i} messages")
 
     ctx.spawn(produce(), name="produce")
+
+
+@hookimpl
+def tickbus_shutdown(ctx: PluginContext) -> None:
+    if ctx.config.out:
+        with open(ctx.config.out, "w") as f:
+            json.dump({"sent": ctx.component["sent"]}, f)
