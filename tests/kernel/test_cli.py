@@ -4,7 +4,6 @@ clean stop on SIGTERM, one-line errors for every user mistake, systemd notificat
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -12,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import tickbus_cmd, tickbus_env, write_config
 
 
