@@ -126,6 +126,15 @@ class BookTop(Msg):
     ts_recv_ns: int
 
 
+class SnapshotRequest(Msg):
+    """The book of ``symbol`` needs a fresh snapshot (start, sequence gap, crossed book),
+    topic ``md.resync.<SYMBOL>``; the feed answers with a ``DepthSnapshot``."""
+
+    symbol: str
+    reason: str
+    ts_ns: int
+
+
 # --------------------------------------------------------------------------- derived
 
 
@@ -284,6 +293,7 @@ BUILTIN_TYPES: tuple[type[Msg], ...] = (
     Trade,
     BookTicker,
     BookTop,
+    SnapshotRequest,
     Features,
     Signal,
     OrderRequest,
