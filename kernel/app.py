@@ -78,6 +78,7 @@ class Kernel:
         bus = cfg.bus
         if bus.join_pub:
             pub_ep, sub_ep, exact = bus.join_pub, bus.join_sub, False
+            tap_ep = cfg.endpoint(bus.join_tap) if bus.join_tap else ""
         else:
             self.router = Router(
                 self._zctx,
@@ -86,9 +87,11 @@ class Kernel:
                 [cfg.endpoint(e) for e in bus.listen_sub],
                 cfg.endpoint(bus.tap) if bus.tap else "",
                 bus.tap_hwm,
+                [cfg.endpoint(e) for e in bus.listen_tap_pub] if bus.tap else [],
             )
             self.router.start()
             pub_ep, sub_ep, exact = self.router.pub_inproc, self.router.sub_inproc, True
+            tap_ep = self.router.tap_inproc
         from schemas import BUILTIN_TYPES
 
         for i, (lane_name, lane_cfg) in enumerate(cfg.lanes.items()):
@@ -99,6 +102,7 @@ class Kernel:
                 zctx=self._zctx,
                 pub_endpoint=pub_ep,
                 sub_endpoint=sub_ep,
+                tap_endpoint=tap_ep,
                 codec_types=(*BUILTIN_TYPES, *codec_types),
                 heartbeat_s=cfg.kernel.heartbeat_s,
                 exact_interest=exact,

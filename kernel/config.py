@@ -66,10 +66,16 @@ class BusConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Endpoints where plugins in other processes publish into this bus."""
     listen_sub: list[str] = msgspec.field(default_factory=lambda: ["ipc://{runtime_dir}/bus-sub"])
     """Endpoints where plugins in other processes subscribe. Lossless (no high-water mark)."""
+    listen_tap_pub: list[str] = msgspec.field(
+        default_factory=lambda: ["ipc://{runtime_dir}/tap-pub"]
+    )
+    """Endpoints where plugins in other processes publish what a sniffer of this bus wants."""
     join_pub: str = ""
     join_sub: str = ""
     """Set both to join another tickbus process's bus (its ``listen_pub``/``listen_sub``)
     instead of hosting a router: this process's lanes then run as remote lanes."""
+    join_tap: str = ""
+    """With join_*: the other process's ``listen_tap_pub``, so its sniffers see our lanes."""
 
 
 class LaneConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -22,6 +22,7 @@ import zmq
 from kernel.config import load_config, resolve_runtime_dir
 from kernel.errors import TickbusError
 from kernel.fixed import from_fixed
+from kernel.router import split_frame
 from schemas import Codec, Msg
 
 _packed_fields: dict[type, frozenset[str]] = {}
@@ -141,14 +142,12 @@ def run(args: argparse.Namespace) -> int:
                     return 1
                 continue
             last = time.monotonic()
-            frames = sock.recv_multipart()
-            if len(frames) != 2 or len(frames[1]) < 5:
-                print(
-                    f"tickbus sniff: skipped a malformed frame {frames[:2]!r:.80}", file=sys.stderr
-                )
+            data = sock.recv()
+            try:
+                topic, _origin, body = split_frame(data)
+            except ValueError:
+                print(f"tickbus sniff: skipped a malformed frame {data[:60]!r}", file=sys.stderr)
                 continue
-            topic = frames[0].decode(errors="replace")
-            body = memoryview(frames[1])[4:]
             try:
                 msg = codec.decode(body)
             except msgspec.DecodeError:

@@ -9,6 +9,7 @@ import msgspec
 import zmq
 
 from kernel.app import Kernel
+from kernel.router import split_frame
 from schemas import SCALE, Codec, Trade
 
 N_ORDER = 20_000
@@ -132,19 +133,21 @@ def test_malformed_frames_from_outside_are_skipped(start_kernel, rt: Path) -> No
     time.sleep(0.3)  # slow joiner: let the subscription reach this publisher
     good = Codec().encode(Trade("BTCUSDT", 7, 1 * SCALE, SCALE, False, 1, 2))
     origin = b"\x00\x00\x00\x01"
+    head = b"md.trade.X\x00" + origin
     bad_frames = [
-        [b"md.trade.X"],  # one frame
-        [b"md.trade.X", b"\x01"],  # too short
-        [b"md.trade.X", origin + b"\xc1\xc1\xc1"],  # not msgpack
-        [b"md.trade.X", origin + msgspec.msgpack.encode(["NoSuchType", 1])],  # unknown tag
-        [b"md.trade.X", origin + msgspec.msgpack.encode(["Trade", "BTCUSDT"])],  # fields missing
-        [b"md.\xff\xfe", origin + good],  # topic not UTF-8
-        [b"md.trade.X", origin + good, b"extra"],  # three frames
+        [b"md.trade.X"],  # no separator
+        [b"md.trade.X\x00\x01"],  # too short
+        [head + b"\xc1\xc1\xc1"],  # not msgpack
+        [head + msgspec.msgpack.encode(["NoSuchType", 1])],  # unknown tag
+        [head + msgspec.msgpack.encode(["Trade", "BTCUSDT"])],  # fields missing
+        [b"md.\xff\xfe\x00" + origin + good],  # topic not UTF-8
+        [b"md.trade.X", head + good],  # a two-part message: each part is judged alone
     ]
     for frames in bad_frames:
         pub.send_multipart(frames)
-    pub.send_multipart([b"md.trade.X", origin + good])
-    wait_for(lambda: rec["ids"] == [7], 5)
+    pub.send(head + good)
+    # the two-part message: its first part is bad, its second a valid frame (id 7 too)
+    wait_for(lambda: rec["ids"] == [7, 7], 5)
     assert k.lanes["main"].stats.bad_frames == len(bad_frames)
     assert k.lanes["main"].thread.is_alive()
     pub.close(0)
@@ -155,16 +158,18 @@ def test_a_tap_subscriber_switches_encoding_on(start_kernel, rt: Path) -> None:
     k = start_kernel({"plugins": {"tb_producer": {"count": 0, "chunk": 10, "period_ms": 5}}})
     lane = k.lanes["main"]
     time.sleep(0.2)
-    assert lane.stats.sent == 0
+    assert lane.stats.sent == lane.stats.tapped == 0
     zctx = zmq.Context()
     sub = zctx.socket(zmq.SUB)
     sub.connect(f"ipc://{rt}/tap")
     sub.subscribe(b"md.trade")
     assert sub.poll(3000), "the tap delivered nothing"
-    topic, body = sub.recv_multipart()
-    assert topic == b"md.trade.BTCUSDT"
-    msg = Codec().decode(body[4:])
+    topic, _, body = split_frame(sub.recv())
+    assert topic == "md.trade.BTCUSDT"
+    msg = Codec().decode(body)
     assert isinstance(msg, Trade) and msg.symbol == "BTCUSDT"
-    wait_for(lambda: lane.stats.sent > 0, 2)
+    wait_for(lambda: lane.stats.tapped > 0, 2)
+    assert lane.stats.sent == 0, "the tap has its own path: nothing goes to the bus"
+    assert lane.stats.received == 0, "a tapped lane must not get its own messages back"
     sub.close(0)
     zctx.term()
