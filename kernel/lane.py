@@ -49,6 +49,15 @@ _RECV_BATCH = 512  # frames handled per wake-up before yielding to the loop's ot
 _POKE_S = 0.05  # re-check sockets: a ZeroMQ FD is edge-triggered and a send can eat an edge
 
 
+def _fd(sock: zmq.Socket) -> int:
+    """The socket's notification file descriptor (edge-triggered, see _poke)."""
+    return int(sock.getsockopt(zmq.FD))
+
+
+def _ignore(*args: Any) -> None:
+    """Stands in for a socket's send where there is no socket."""
+
+
 class Route(msgspec.Struct, frozen=True, gc=False):
     """What one topic compiles to inside a lane."""
 
@@ -156,11 +165,12 @@ class Lane:
             sub.connect(self._sub_endpoint)
             self._xpub, self._sub = xpub, sub
             self._send = xpub.send
-            self._send_tap = self._tap.send if self._tap is not None else None
-            loop.add_reader(sub.getsockopt(zmq.FD), self._on_bus_readable)
-            loop.add_reader(xpub.getsockopt(zmq.FD), self._on_interest_readable)
+            # without a tap there is no tap interest, so the no-op is never called
+            self._send_tap: Callable[..., Any] = self._tap.send if self._tap else _ignore
+            loop.add_reader(_fd(sub), self._on_bus_readable)
+            loop.add_reader(_fd(xpub), self._on_interest_readable)
             if self._tap is not None:
-                loop.add_reader(self._tap.getsockopt(zmq.FD), self._on_interest_readable)
+                loop.add_reader(_fd(self._tap), self._on_interest_readable)
             loop.call_later(_POKE_S, self._poke)
         except BaseException as err:  # reported to the starting thread
             self._start_error = err
@@ -174,7 +184,7 @@ class Lane:
             for sock in (self._xpub, self._tap, self._sub):
                 if sock is not None:
                     try:
-                        loop.remove_reader(sock.getsockopt(zmq.FD))  # type: ignore[arg-type]
+                        loop.remove_reader(_fd(sock))
                     except (zmq.ZMQError, ValueError):
                         pass
                     sock.close(linger=0)

@@ -135,6 +135,17 @@ class SnapshotRequest(Msg):
     ts_ns: int
 
 
+class FeedStatus(Msg):
+    """The feed's connection for ``symbol`` went up or down, topic ``md.status.<SYMBOL>``.
+
+    A book must not be trusted across a disconnect: events may have been missed."""
+
+    symbol: str
+    connected: bool
+    reason: str
+    ts_ns: int
+
+
 # --------------------------------------------------------------------------- derived
 
 
@@ -294,6 +305,7 @@ BUILTIN_TYPES: tuple[type[Msg], ...] = (
     BookTicker,
     BookTop,
     SnapshotRequest,
+    FeedStatus,
     Features,
     Signal,
     OrderRequest,
