@@ -63,6 +63,7 @@ class Route(msgspec.Struct, frozen=True, gc=False):
 
     handlers: tuple[Handler, ...]
     header: bytes  # topic + SEP + origin: the start of the frame
+    out: bool  # to_bus or to_tap: the one test the untapped hot path pays
     to_bus: bool  # another lane or process wants the topic
     to_tap: bool  # a sniffer wants it
 
@@ -277,23 +278,21 @@ class Lane:
                 handler(msg)
             except Exception:
                 self._handler_failed(handler, topic)
-        if route.to_bus:
+        if route.out:
             frame = route.header + self._encode(msg)
-            self._send(frame, 0, True)
-            self.stats.sent += 1
+            if route.to_bus:
+                self._send(frame, 0, True)
+                self.stats.sent += 1
             if route.to_tap:
                 self._send_tap(frame, 0, True)
                 self.stats.tapped += 1
-        elif route.to_tap:
-            self._send_tap(route.header + self._encode(msg), 0, True)
-            self.stats.tapped += 1
 
     def _compile(self, topic: str) -> Route:
         handlers = tuple(h for p, h in self._subs if topic.startswith(p))
         wire = topic.encode()
         to_bus = any(wire.startswith(p) and self._outside(p) for p in self._interest)
         to_tap = any(wire.startswith(p) for p in self._tap_interest)
-        route = Route(handlers, wire + SEP + self.origin, to_bus, to_tap)
+        route = Route(handlers, wire + SEP + self.origin, to_bus or to_tap, to_bus, to_tap)
         self._routes[topic] = route
         return route
 
