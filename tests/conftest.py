@@ -3,11 +3,13 @@ and a way to run the real ``tickbus`` command in a second process."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,29 @@ def tickbus_env(site: Path | None = None, **extra: str) -> dict[str, str]:
 def tickbus_cmd(*args: str) -> list[str]:
     """The real command line: the interpreter running the tests, module kernel.cli."""
     return [sys.executable, "-m", "kernel.cli", *args]
+
+
+class SimThread:
+    """An ExchangeSim on its own event loop in a thread (the kernel has its own lanes)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        from plugins.binance.capture import SAMPLE
+        from tools.exchange_sim import ExchangeSim
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.sim = ExchangeSim([SAMPLE], **kwargs)
+        self.port = asyncio.run_coroutine_threadsafe(self.sim.start(), self.loop).result(30)
+
+    @property
+    def finished(self) -> bool:
+        return self.sim.finished.is_set()
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
 
 
 def write_config(path: Path, text: str) -> Path:

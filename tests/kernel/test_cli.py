@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import tickbus_cmd, tickbus_env, write_config
 
 

@@ -1,0 +1,1 @@
+"""Binance market-data plugin: capture formats, feed handling."""

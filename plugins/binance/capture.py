@@ -1,0 +1,388 @@
+"""Readers and a writer for recorded Binance market-data captures.
+
+Three on-disk formats are understood (see ``shared/data/binance/SOURCES.md`` section 2):
+
+* **hftbacktest** (gzip text): ``<local_ts> <raw json>`` per line; the timestamp is in ns
+  (19 digits, 2024 files) or µs (16 digits, 2023 ``*.dat.gz`` files). WS frames are combined-stream
+  envelopes, the REST depth snapshot is a bare ``{"lastUpdateId":...}`` body.
+* **cryptofeed split** (plain text): ``<unix seconds float>: <json>`` WS lines after a
+  ``<wss url> <-> <ts>`` header; HTTP files hold ``<url> -> <ts>: <json>`` lines;
+  ``configuration: {...}`` lines are metadata.
+* **cryptofeed single file**: the same line kinds interleaved in one file.
+
+:func:`read_capture` turns any mix of these files into one time-ordered stream of :class:`Record`.
+:class:`CaptureWriter` writes the hftbacktest 2024 format (the one a ``tickbus record`` tool emits).
+"""
+
+from __future__ import annotations
+
+import gzip
+import heapq
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Literal
+from urllib.parse import parse_qs, urlsplit
+
+import msgspec
+
+__all__ = ["SAMPLE", "CaptureError", "CaptureWriter", "Record", "read_capture"]
+
+#: The small real capture shipped with tickbus (first ~3 minutes of hftbacktest's spot BTCUSDT
+#: 2024-08-08 file, REST snapshot included) so a fresh clone can replay and test without ../shared.
+SAMPLE = Path(__file__).parent / "data" / "btcusdt_spot_20240808_sample.gz"
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_SAMPLE_LEN = 80  # bytes of a bad line quoted in error messages
+
+# cryptofeed line shapes (SOURCES.md §2.3); bytes regexes so payloads stay byte-exact.
+_CF_WS = re.compile(rb"^([0-9]+(?:\.[0-9]+)?): (\{.*)$", re.S)
+_CF_REST = re.compile(rb"^(https?://\S+) -> ([0-9]+(?:\.[0-9]+)?): (.*)$", re.S)
+_CF_HEADER = re.compile(rb"^wss?://\S+ <-> [0-9]+(?:\.[0-9]+)?$")
+_CF_CONFIG = b"configuration: "
+_HFT_LINE = re.compile(rb"^([0-9]+) (.*)$", re.S)
+
+
+class CaptureError(ValueError):
+    """A capture file (or a line in it) is not in any supported format."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One recorded message, as received.
+
+    ``ts_ns`` is the local receive time in ns; ``kind`` is ``"ws"`` for a stream frame and
+    ``"rest"`` for a REST response body; ``stream`` is the combined-stream name (ws only);
+    ``symbol`` is the upper-case symbol when known; ``payload`` is the exact recorded bytes
+    (the ``{"stream":..,"data":..}`` envelope for ws, the raw body for rest).
+    """
+
+    ts_ns: int
+    kind: Literal["ws", "rest"]
+    stream: str | None
+    symbol: str | None
+    payload: bytes
+
+
+class _Envelope(msgspec.Struct):
+    """Just enough of a JSON object to classify it; decoding it also validates the JSON."""
+
+    stream: str | None = None
+    data: msgspec.Raw = msgspec.Raw()  # empty = absent (Raw cannot sit in a union)
+    symbol: str | None = None  # COIN-M REST snapshots carry their symbol
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
+def _sample(line: bytes) -> str:
+    text = line[:_SAMPLE_LEN].decode("utf-8", "replace")
+    return repr(text + ("..." if len(line) > _SAMPLE_LEN else ""))
+
+
+def _symbol_of_stream(stream: str) -> str | None:
+    # "btcusdt@depth@100ms" -> "BTCUSDT"; market-wide streams ("!bookTicker") have no symbol.
+    head = stream.split("@", 1)[0]
+    if not head or head.startswith("!"):
+        return None
+    return head.upper()
+
+
+def _classify(payload: bytes) -> _Envelope:
+    """Decode a JSON object just far enough to tell a ws envelope from a REST body."""
+    return _envelope_decoder.decode(payload)
+
+
+def _is_ws(env: _Envelope) -> bool:
+    return env.stream is not None and len(env.data) > 0
+
+
+def _seconds_to_ns(text: bytes) -> int:
+    # cryptofeed writes Python float reprs (up to 7 decimals); the recorder clock is µs-precise,
+    # so round to the µs exactly (Decimal, no binary float error) and scale to ns.
+    try:
+        us = (Decimal(text.decode("ascii")) * 1_000_000).to_integral_value(ROUND_HALF_EVEN)
+    except InvalidOperation as exc:  # the regex makes this unreachable, kept as a guard
+        raise ValueError(f"bad timestamp {text!r}") from exc
+    return int(us) * 1000
+
+
+def _open_lines(path: Path) -> IO[bytes]:
+    """Open a capture file for binary line reading, transparently gunzipping."""
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
+    if magic == _GZIP_MAGIC:
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _strip_eol(raw: bytes) -> bytes:
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+    return raw
+
+
+def _detect(path: Path, line: bytes, lineno: int) -> Literal["hft", "cf"]:
+    if _HFT_LINE.match(line):
+        return "hft"
+    if (
+        _CF_WS.match(line)
+        or _CF_REST.match(line)
+        or _CF_HEADER.match(line)
+        or line.startswith(_CF_CONFIG)
+    ):
+        return "cf"
+    raise CaptureError(
+        f"{path}:{lineno}: not a recognised capture format "
+        f"(hftbacktest '<int> <json>' or cryptofeed '<float>: <json>'): {_sample(line)}"
+    )
+
+
+def _hft_record(path: Path, lineno: int, line: bytes) -> Record:
+    m = _HFT_LINE.match(line)
+    if m is None:
+        raise CaptureError(
+            f"{path}:{lineno}: expected hftbacktest line '<int> <json>': {_sample(line)}"
+        )
+    ts_b, payload = m.group(1), m.group(2)
+    if len(ts_b) == 19:
+        ts_ns = int(ts_b)
+    elif len(ts_b) == 16:  # 2023 *.dat.gz recorder wrote microseconds
+        ts_ns = int(ts_b) * 1000
+    else:
+        raise CaptureError(
+            f"{path}:{lineno}: timestamp {ts_b.decode()!r} has {len(ts_b)} digits; "
+            f"expected 19 (ns) or 16 (µs): {_sample(line)}"
+        )
+    try:
+        env = _classify(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CaptureError(f"{path}:{lineno}: invalid JSON ({exc}): {_sample(line)}") from None
+    if _is_ws(env):
+        return Record(ts_ns, "ws", env.stream, _symbol_of_stream(env.stream), payload)
+    # A REST body; its symbol (if not in the body) is filled in from the file's ws streams.
+    return Record(ts_ns, "rest", None, env.symbol.upper() if env.symbol else None, payload)
+
+
+def _read_hft(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[Record]:
+    """hftbacktest lines -> records; REST lines get the file's (single) ws symbol."""
+    ws_symbols: set[str] = set()
+    pending: list[tuple[int, Record]] = []  # REST lines seen before the first ws frame
+    unnamed_rest: int | None = None  # line of a REST record whose symbol we inferred
+
+    def check_single(lineno: int) -> None:
+        if len(ws_symbols) > 1 and unnamed_rest is not None:
+            raise CaptureError(
+                f"{path}:{lineno}: hftbacktest file has several symbols "
+                f"({', '.join(sorted(ws_symbols))}) so the REST snapshot at line "
+                f"{unnamed_rest} cannot be attributed to one"
+            )
+
+    for lineno, line in lines:
+        rec = _hft_record(path, lineno, line)
+        if rec.kind == "ws":
+            if rec.symbol is not None:
+                ws_symbols.add(rec.symbol)
+                check_single(lineno)
+            if pending:
+                sym = next(iter(ws_symbols), None)
+                for _, p in pending:
+                    yield Record(p.ts_ns, p.kind, p.stream, sym, p.payload)
+                pending.clear()
+            yield rec
+        elif rec.symbol is not None:
+            yield rec
+        else:
+            unnamed_rest = lineno
+            check_single(lineno)
+            if ws_symbols:
+                yield Record(rec.ts_ns, rec.kind, rec.stream, next(iter(ws_symbols)), rec.payload)
+            else:
+                pending.append((lineno, rec))
+    # A file of REST lines only: nothing to infer the symbol from.
+    for _, p in pending:
+        yield p
+
+
+def _read_cf(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[Record]:
+    """cryptofeed lines -> records; header and configuration lines carry no message."""
+    for lineno, line in lines:
+        m = _CF_WS.match(line)
+        if m is not None:
+            payload = m.group(2)
+            try:
+                env = _classify(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise CaptureError(
+                    f"{path}:{lineno}: invalid JSON ({exc}): {_sample(line)}"
+                ) from None
+            if not _is_ws(env):
+                raise CaptureError(
+                    f"{path}:{lineno}: ws frame is not a combined-stream envelope: {_sample(line)}"
+                )
+            yield Record(
+                _seconds_to_ns(m.group(1)),
+                "ws",
+                env.stream,
+                _symbol_of_stream(env.stream),
+                payload,
+            )
+            continue
+        m = _CF_REST.match(line)
+        if m is not None:
+            url, payload = m.group(1).decode("ascii", "replace"), m.group(3)
+            try:
+                _classify(payload)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise CaptureError(
+                    f"{path}:{lineno}: invalid JSON ({exc}): {_sample(line)}"
+                ) from None
+            syms = parse_qs(urlsplit(url).query).get("symbol")
+            yield Record(
+                _seconds_to_ns(m.group(2)),
+                "rest",
+                None,
+                syms[0].upper() if syms else None,
+                payload,
+            )
+            continue
+        if _CF_HEADER.match(line) or line.startswith(_CF_CONFIG):
+            continue
+        raise CaptureError(f"{path}:{lineno}: not a cryptofeed capture line: {_sample(line)}")
+
+
+def _read_file(path: Path) -> Iterator[Record]:
+    """Records of one file, in file order (format auto-detected on the first non-blank line)."""
+    try:
+        fh = _open_lines(path)
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot open capture: {exc}") from exc
+    with fh:
+
+        def numbered() -> Iterator[tuple[int, bytes]]:
+            try:
+                for lineno, raw in enumerate(fh, 1):
+                    line = _strip_eol(raw)
+                    if line.strip():  # blank lines (file tails) carry nothing
+                        yield lineno, line
+            except (OSError, EOFError) as exc:  # truncated / corrupt gzip
+                raise CaptureError(f"{path}: unreadable capture: {exc}") from exc
+
+        it = numbered()
+        first = next(it, None)
+        if first is None:
+            return
+        fmt = _detect(path, first[1], first[0])
+
+        def chained() -> Iterator[tuple[int, bytes]]:
+            yield first
+            yield from it
+
+        reader = _read_hft if fmt == "hft" else _read_cf
+        yield from reader(path, chained())
+
+
+def read_capture(*paths: str | os.PathLike[str]) -> Iterator[Record]:
+    """Stream the records of one or more capture files, merged in timestamp order.
+
+    Each file's format is auto-detected (gzip or plain; hftbacktest or cryptofeed). Files are
+    read lazily and merged with a heap, so memory stays small; equal timestamps keep the order
+    of ``paths``. A line in no known format raises :class:`CaptureError` naming file and line.
+    """
+    if not paths:
+        raise ValueError("read_capture() needs at least one path")
+    files = [Path(p) for p in paths]
+    for f in files:
+        if not f.is_file():
+            raise CaptureError(f"{f}: no such capture file")
+    if len(files) == 1:
+        yield from _read_file(files[0])
+        return
+    # heapq.merge is stable across inputs: ties come out in argument order.
+    yield from heapq.merge(*(_read_file(f) for f in files), key=lambda r: r.ts_ns)
+
+
+class CaptureWriter:
+    """Write a capture in hftbacktest 2024 format: gzip, ``<local_ns> <raw json>`` per line.
+
+    Use as a context manager (or call :meth:`close`). ``write_ws`` takes a combined-stream
+    envelope exactly as received; ``write_rest`` takes a raw REST body (a JSON object). Both are
+    validated so that whatever is written reads back with :func:`read_capture`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, compresslevel: int = 6) -> None:
+        self.path = Path(path)
+        # mtime=0 keeps the gzip header deterministic (same input -> same bytes).
+        self._raw = open(self.path, "wb")
+        self._gz: gzip.GzipFile | None = gzip.GzipFile(
+            filename="", mode="wb", fileobj=self._raw, compresslevel=compresslevel, mtime=0
+        )
+        self.count = 0
+
+    def _write(self, ts_ns: int, payload: bytes, want_ws: bool) -> None:
+        if self._gz is None:
+            raise ValueError(f"{self.path}: CaptureWriter is closed")
+        if isinstance(ts_ns, bool) or not isinstance(ts_ns, int):
+            raise TypeError(f"ts_ns must be int nanoseconds, got {type(ts_ns).__name__}")
+        if not 10**18 <= ts_ns < 10**19:
+            # the reader tells ns from µs by digit count, so only 19-digit ns round-trip
+            raise ValueError(f"ts_ns={ts_ns} is not a 19-digit epoch time in ns")
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise TypeError(f"payload must be bytes, got {type(payload).__name__}")
+        payload = bytes(payload)
+        if b"\n" in payload or b"\r" in payload:
+            raise ValueError("payload must be a single line (no CR/LF)")
+        try:
+            env = _classify(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ValueError(f"payload is not a JSON object: {exc}: {_sample(payload)}") from None
+        is_ws = _is_ws(env)
+        if want_ws and not is_ws:
+            raise ValueError(
+                f'write_ws needs a combined-stream envelope {{"stream":..,"data":..}}: '
+                f"{_sample(payload)}"
+            )
+        if not want_ws and is_ws:
+            raise ValueError(f"write_rest got a ws envelope: {_sample(payload)}")
+        self._gz.write(b"%d %s\n" % (ts_ns, payload))
+        self.count += 1
+
+    def write_ws(self, ts_ns: int, payload: bytes) -> None:
+        """Append a WS frame (combined-stream envelope) received at ``ts_ns``."""
+        self._write(ts_ns, payload, True)
+
+    def write_rest(self, ts_ns: int, payload: bytes) -> None:
+        """Append a REST response body (e.g. a depth snapshot) received at ``ts_ns``."""
+        self._write(ts_ns, payload, False)
+
+    def flush(self) -> None:
+        """Push buffered data to the OS (a readable gzip prefix survives a crash)."""
+        if self._gz is not None:
+            self._gz.flush()
+            self._raw.flush()
+
+    def close(self) -> None:
+        """Finish the gzip stream and close the file; idempotent."""
+        if self._gz is not None:
+            try:
+                self._gz.close()
+            finally:
+                self._gz = None
+                self._raw.close()
+
+    def __enter__(self) -> CaptureWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,998 @@
+"""Binance market-data frames -> tickbus messages with exact fixed-point integers.
+
+One :class:`FrameParser` per feed (it owns a scratch buffer, so one per thread). Input is the
+raw bytes of a WS frame - combined-stream envelope ``{"stream":..,"data":{..}}`` or a raw stream
+payload - or a REST depth body; output is a ``schemas`` Struct (:class:`~schemas.DepthDiff`,
+:class:`~schemas.DepthSnapshot`, :class:`~schemas.Trade`, :class:`~schemas.BookTicker`) whose
+prices and quantities are ``SCALE = 10**8`` integers and whose book levels are packed
+``Levels`` bytes.
+
+How (alternatives measured in ``tools/bench/bench_book.py``):
+
+1. ``msgspec`` decodes the frame against a typed Struct. This validates the whole JSON
+   document and types every scalar field; the level arrays ``b``/``a`` are declared
+   ``msgspec.Raw``, so msgspec only skips over them instead of building hundreds of Python
+   strings and tuples (that alone costs ~2x the whole parse on big frames).
+2. A numba kernel walks the (now known to be well-formed) frame once more, finds the level
+   arrays of the event object and converts every ``["price","qty"]`` pair straight from the
+   ASCII digits into int64 fixed-point - strictly: digits with an optional single ``.``, at
+   most 8 significant decimals, no sign/exponent/NaN/whitespace inside the string, price > 0,
+   within int64.
+3. The pairs land in a reused scratch buffer and are copied out once as ``Levels`` bytes.
+
+Everything that is not exactly what Binance documents raises :class:`FrameError` - one
+exception type, a clear message, never a partially-parsed message.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Final
+
+import msgspec
+import numpy as np
+from numba import njit
+
+from schemas import SCALE, BookTicker, DepthDiff, DepthSnapshot, Trade
+
+__all__ = [
+    "FrameError",
+    "FrameParser",
+    "MarketMsg",
+    "parse_fixed",
+    "parse_frame",
+    "parse_snapshot",
+]
+
+MarketMsg = DepthDiff | Trade | BookTicker
+"""What a WS frame parses into."""
+
+_MS: Final = 1_000_000  # Binance timestamps are ms; ours are ns
+_DECIMALS: Final = 8
+_MAX_I64: Final = 2**63 - 1
+assert 10**_DECIMALS == SCALE, "the level kernel hard-codes 8 decimals"
+
+
+class FrameError(ValueError):
+    """A frame that is not a well-formed Binance message of a supported type."""
+
+
+# --------------------------------------------------------------------------- msgspec schema
+
+
+class _Event(msgspec.Struct):
+    """Union of the fields of every supported event; absent fields keep their default.
+
+    ``b`` and ``a`` change type with the event (level arrays in depth, price strings in
+    bookTicker, an int id as aggTrade ``a``), so they stay ``Raw`` and are read per type."""
+
+    e: str | None = None
+    E: int | None = None
+    T: int | None = None
+    s: str | None = None
+    U: int | None = None
+    u: int | None = None
+    pu: int | None = None
+    b: msgspec.Raw = msgspec.Raw()
+    a: msgspec.Raw = msgspec.Raw()
+    B: str | None = None
+    A: str | None = None
+    t: int | None = None
+    p: str | None = None
+    q: str | None = None
+    m: bool | None = None
+
+
+class _Frame(_Event):
+    """A combined-stream envelope, or (``data`` absent) a raw stream payload."""
+
+    stream: str | None = None
+    data: _Event | None = None
+
+
+class _Rest(msgspec.Struct):
+    """REST ``/depth`` body (spot; futures add ``E``/``T``; COIN-M adds ``symbol``/``pair``)."""
+
+    lastUpdateId: int
+    bids: msgspec.Raw = msgspec.Raw()
+    asks: msgspec.Raw = msgspec.Raw()
+    E: int | None = None
+    T: int | None = None
+    symbol: str | None = None
+
+
+_frame_decoder = msgspec.json.Decoder(_Frame)  # for the benchmark; parsers own theirs
+
+
+# --------------------------------------------------------------------------- numba kernel
+
+# error codes of the level kernel (low byte of the negated return value; position above)
+_E_SYNTAX = 1
+_E_NUMBER = 2
+_E_DECIMALS = 3
+_E_RANGE = 4
+_E_ZERO_PRICE = 5
+_E_DUPLICATE = 6
+_E_MISSING = 7
+_E_CAPACITY = 8
+_E_SLOW = 9  # depth fast path: not the canonical shape, let the msgspec path decide
+
+_ERRORS = {
+    _E_SYNTAX: "malformed JSON / level array",
+    _E_NUMBER: "price/qty is not a plain unsigned decimal string",
+    _E_DECIMALS: f"price/qty has more than {_DECIMALS} decimals",
+    _E_RANGE: "price/qty out of int64 fixed-point range",
+    _E_ZERO_PRICE: "price must be > 0",
+    _E_DUPLICATE: "duplicate level array key",
+    _E_MISSING: "level arrays / price fields not found",
+    _E_CAPACITY: "internal scratch buffer too small",
+    _E_SLOW: "not a canonical depth frame",
+}
+
+_WHOLE_MAX: Final = _MAX_I64 // SCALE  # 92233720368
+_FRAC_MAX_AT_WHOLE_MAX: Final = _MAX_I64 % SCALE
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ws(buf: np.ndarray, p: int, n: int) -> int:
+    while p < n and (buf[p] == 32 or buf[p] == 10 or buf[p] == 13 or buf[p] == 9):
+        p += 1
+    return p
+
+
+@njit(cache=True, nogil=True)
+def _skip_string(buf: np.ndarray, p: int, n: int) -> int:
+    """``p`` at an opening quote -> index after the closing quote (-1 if unterminated)."""
+    p += 1
+    while p < n:
+        c = buf[p]
+        if c == 92:  # backslash: skip the escaped char
+            p += 2
+        elif c == 34:
+            return p + 1
+        else:
+            p += 1
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _skip_value(buf: np.ndarray, p: int, n: int) -> int:
+    """Skip one JSON value (msgspec already validated the document); -1 if it runs off."""
+    c = buf[p]
+    if c == 34:
+        return _skip_string(buf, p, n)
+    if c == 123 or c == 91:  # { or [
+        depth = 0
+        while p < n:
+            c = buf[p]
+            if c == 34:
+                p = _skip_string(buf, p, n)
+                if p < 0:
+                    return -1
+                continue
+            if c == 123 or c == 91:
+                depth += 1
+            elif c == 125 or c == 93:
+                depth -= 1
+                if depth == 0:
+                    return p + 1
+            p += 1
+        return -1
+    while p < n:  # number / true / false / null
+        c = buf[p]
+        if c == 44 or c == 125 or c == 93 or c == 32 or c == 10 or c == 13 or c == 9:
+            return p
+        p += 1
+    return p
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _number(buf: np.ndarray, p: int, n: int, out: np.ndarray, o: int) -> int:
+    """Parse ``"digits[.digits]"`` at ``p`` (a quote) into ``out[o]``; return the index after
+    the closing quote, or ``-(code | pos << 8)``."""
+    start = p
+    p += 1
+    whole = 0
+    nw = 0
+    while p < n:
+        d = np.int64(buf[p]) - 48
+        if d < 0 or d > 9:
+            break
+        if nw < 12:  # more whole digits are out of range anyway; stop before overflowing
+            whole = whole * 10 + d
+        if whole != 0:
+            nw += 1  # significant (not leading-zero) digits
+        p += 1
+    digits = p - start - 1
+    frac = 0
+    nf = 0
+    if p < n and buf[p] == 46:  # '.'
+        p += 1
+        while p < n:
+            d = np.int64(buf[p]) - 48
+            if d < 0 or d > 9:
+                break
+            if nf < _DECIMALS:
+                frac = frac * 10 + d
+                nf += 1
+            elif d != 0:  # a 9th significant decimal cannot be represented exactly
+                return -(_E_DECIMALS | (start << 8))
+            digits += 1
+            p += 1
+    if p >= n or buf[p] != 34 or digits == 0:
+        return -(_E_NUMBER | (start << 8))
+    while nf < _DECIMALS:
+        frac *= 10
+        nf += 1
+    if nw > 11 or whole > _WHOLE_MAX or (whole == _WHOLE_MAX and frac > _FRAC_MAX_AT_WHOLE_MAX):
+        return -(_E_RANGE | (start << 8))
+    out[o] = whole * 100_000_000 + frac
+    return p + 1
+
+
+@njit(cache=True, nogil=True)
+def _parse_array(buf: np.ndarray, p: int, n: int, out: np.ndarray, base: int, cap: int) -> int:
+    """Parse a level array at ``p`` (``[``) into ``out[base : base + 2 * count]``.
+
+    Returns ``index_after_array << 32 | count``, or a negative error."""
+    if p >= n or buf[p] != 91:
+        return -(_E_SYNTAX | (p << 8))
+    p = _ws(buf, p + 1, n)
+    k = 0
+    if p < n and buf[p] == 93:
+        return (p + 1) << 32
+    while True:
+        if k >= cap:
+            return -(_E_CAPACITY | (p << 8))
+        if p >= n or buf[p] != 91:
+            return -(_E_SYNTAX | (p << 8))
+        p = _ws(buf, p + 1, n)
+        if p >= n or buf[p] != 34:
+            return -(_E_NUMBER | (p << 8))
+        q = _number(buf, p, n, out, base + 2 * k)
+        if q < 0:
+            return q
+        if out[base + 2 * k] == 0:
+            return -(_E_ZERO_PRICE | (p << 8))
+        p = _ws(buf, q, n)
+        if p >= n or buf[p] != 44:
+            return -(_E_SYNTAX | (p << 8))
+        p = _ws(buf, p + 1, n)
+        if p >= n or buf[p] != 34:
+            return -(_E_NUMBER | (p << 8))
+        q = _number(buf, p, n, out, base + 2 * k + 1)
+        if q < 0:
+            return q
+        p = _ws(buf, q, n)
+        if p >= n or buf[p] != 93:  # exactly two elements per level
+            return -(_E_SYNTAX | (p << 8))
+        k += 1
+        p = _ws(buf, p + 1, n)
+        if p < n and buf[p] == 44:
+            p = _ws(buf, p + 1, n)
+            continue
+        if p < n and buf[p] == 93:
+            return ((p + 1) << 32) | k
+        return -(_E_SYNTAX | (p << 8))
+
+
+@njit(cache=True, nogil=True)
+def _key_is(buf: np.ndarray, ks: int, ke: int, word: bytes) -> bool:
+    if ke - ks != len(word):
+        return False
+    for i in range(len(word)):
+        if buf[ks + i] != word[i]:
+            return False
+    return True
+
+
+# _scan modes: what to look for in the event object
+_M_DEPTH = 0  # "b"/"a" level arrays -> out halves
+_M_REST = 1  # "bids"/"asks" level arrays -> out halves
+_M_TICKER = 2  # "b","B","a","A" decimal strings -> out[0:4]
+_M_TRADE = 3  # "p","q" decimal strings -> out[0:2]
+_ENVELOPE = 4  # flag: the event is the "data" object of a combined-stream envelope
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _slot(buf: np.ndarray, ks: int, ke: int, mode: int) -> int:
+    """Which output a key feeds in ``mode``: 0/1 = bids/asks array (depth, REST), 0..3 =
+    scalar slot (ticker b, B, a, A; trade p, q), -1 = not wanted."""
+    if mode == _M_REST:
+        if _key_is(buf, ks, ke, b"bids"):
+            return 0
+        if _key_is(buf, ks, ke, b"asks"):
+            return 1
+        return -1
+    if ke - ks != 1:
+        return -1
+    c = buf[ks]
+    if mode == _M_DEPTH:
+        return 0 if c == 98 else 1 if c == 97 else -1  # b a
+    if mode == _M_TICKER:
+        return 0 if c == 98 else 1 if c == 66 else 2 if c == 97 else 3 if c == 65 else -1
+    return 0 if c == 112 else 1 if c == 113 else -1  # p q
+
+
+@njit(cache=True, nogil=True)
+def _scan(frame: bytes, out: np.ndarray, flags: int) -> int:
+    """Find the wanted values of the event object (see the ``_M_*`` modes) and parse them
+    into ``out``: level arrays as bids in the first half of ``out`` and asks in the second,
+    scalars into ``out[0:4]``.
+
+    The event is the top object, or with the ``_ENVELOPE`` flag the ``data`` object of a
+    combined envelope. Returns ``n_bids << 32 | n_asks`` (arrays) or 0 (scalars), or
+    ``-(error_code | byte_position << 8)``."""
+    buf = np.frombuffer(frame, dtype=np.uint8)
+    n = buf.shape[0]
+    mode = flags & 3
+    level = 1 if flags & _ENVELOPE else 0
+    arrays = mode <= _M_REST
+    cap = (out.shape[0] - _HEADER) // 4
+    want = 3 if arrays else 15 if mode == _M_TICKER else 3
+    seen = 0
+    nb = 0
+    na = 0
+    depth = 0
+    p = _ws(buf, 0, n)
+    if p >= n or buf[p] != 123:
+        return -(_E_SYNTAX | (p << 8))
+    p += 1
+    while True:
+        p = _ws(buf, p, n)
+        if p >= n:
+            return -(_E_SYNTAX | (p << 8))
+        if buf[p] == 125:  # end of an object
+            if depth == 0:
+                break
+            depth -= 1  # left the data object: continue with the envelope's keys
+            p += 1
+        else:
+            if buf[p] != 34:
+                return -(_E_SYNTAX | (p << 8))
+            ks = p + 1
+            p = _skip_string(buf, p, n)
+            if p < 0:
+                return -(_E_SYNTAX | (ks << 8))
+            ke = p - 1
+            p = _ws(buf, p, n)
+            if p >= n or buf[p] != 58:  # ':'
+                return -(_E_SYNTAX | (p << 8))
+            p = _ws(buf, p + 1, n)
+            if p >= n:
+                return -(_E_SYNTAX | (p << 8))
+            if depth == 0 and level == 1 and buf[p] == 123 and _key_is(buf, ks, ke, b"data"):
+                depth = 1
+                p += 1
+                continue  # first key of the data object
+            slot = _slot(buf, ks, ke, mode) if depth == level else -1
+            if slot < 0:
+                p = _skip_value(buf, p, n)
+                if p < 0:
+                    return -(_E_SYNTAX | (ks << 8))
+            elif seen & (1 << slot):
+                return -(_E_DUPLICATE | (ks << 8))
+            elif arrays:
+                r = _parse_array(buf, p, n, out, slot * 2 * cap, cap)
+                if r < 0:
+                    return r
+                p = r >> 32
+                if slot == 0:
+                    nb = r & 0xFFFFFFFF
+                else:
+                    na = r & 0xFFFFFFFF
+                seen |= 1 << slot
+            else:
+                if buf[p] != 34:
+                    return -(_E_NUMBER | (p << 8))
+                p = _number(buf, p, n, out, slot)
+                if p < 0:
+                    return p
+                seen |= 1 << slot
+        p = _ws(buf, p, n)
+        if p < n and buf[p] == 44:  # ','
+            p += 1
+        elif not (p < n and buf[p] == 125):
+            return -(_E_SYNTAX | (p << 8))
+    if seen != want:
+        return -(_E_MISSING | (p << 8))
+    return (nb << 32) | na
+
+
+# --------------------------------------------------------------------------- depth fast path
+#
+# Depth frames are most of the bytes on the wire. For them a second kernel does msgspec's job
+# too - it validates the whole JSON document and reads the header (e, E, T, s, U, u, pu) - so
+# the frame is walked once instead of twice. It only *accepts* the canonical shape Binance
+# sends (ASCII, no escapes, integer ids, known keys with their documented types); anything
+# else returns ``_E_SLOW`` and the msgspec path decides, so both paths always agree (tested
+# by a differential fuzz test on mutated real frames).
+
+_H_E, _H_T, _H_U, _H_LU, _H_PU, _H_S0, _H_S1, _H_SEEN = range(8)  # header slots
+_HEADER = 8  # int64 slots after the level halves of ``out``
+# bits of the "seen" slot
+_S_E, _S_T, _S_U, _S_LU, _S_PU, _S_S, _S_B, _S_A, _S_EV = (1 << i for i in range(9))
+_REQUIRED = _S_E | _S_U | _S_LU | _S_S | _S_B | _S_A | _S_EV
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _ascii_string(buf: np.ndarray, p: int, n: int) -> int:
+    """``p`` at a quote -> index after the closing quote; -1 malformed; -2 needs the slow
+    path (escape or non-ASCII byte: msgspec's string rules decide those)."""
+    p += 1
+    while p < n:
+        c = buf[p]
+        if c == 34:
+            return p + 1
+        if c == 92 or c >= 128:
+            return -2
+        if c < 32:
+            return -1
+        p += 1
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def _skip_number(buf: np.ndarray, p: int, n: int) -> int:
+    """Strict JSON number grammar ``-?(0|[1-9]d*)(.d+)?([eE][+-]?d+)?``; -1 if malformed."""
+    if p < n and buf[p] == 45:
+        p += 1
+    if p >= n or not 48 <= buf[p] <= 57:
+        return -1
+    if buf[p] == 48:
+        p += 1
+    else:
+        while p < n and 48 <= buf[p] <= 57:
+            p += 1
+    if p < n and buf[p] == 46:
+        p += 1
+        if p >= n or not 48 <= buf[p] <= 57:
+            return -1
+        while p < n and 48 <= buf[p] <= 57:
+            p += 1
+    if p < n and (buf[p] == 101 or buf[p] == 69):
+        p += 1
+        if p < n and (buf[p] == 43 or buf[p] == 45):
+            p += 1
+        if p >= n or not 48 <= buf[p] <= 57:
+            return -1
+        while p < n and 48 <= buf[p] <= 57:
+            p += 1
+    return p
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _literal(buf: np.ndarray, p: int, n: int, word: bytes) -> int:
+    if p + len(word) > n:
+        return -1
+    for i in range(len(word)):
+        if buf[p + i] != word[i]:
+            return -1
+    return p + len(word)
+
+
+@njit(cache=True, nogil=True)
+def _skip_json(buf: np.ndarray, p: int, n: int) -> int:
+    """Validate and skip one JSON value of any shape (an unknown field); returns the index
+    after it, -1 if malformed, -2 if the slow path must decide (non-ASCII, escapes, >62
+    levels of nesting)."""
+    stack = 0  # bit i set: nesting level i is an object (else an array)
+    depth = 0
+    while True:
+        # ---- one value at p
+        p = _ws(buf, p, n)
+        if p >= n:
+            return -1
+        c = buf[p]
+        if c == 34:
+            p = _ascii_string(buf, p, n)
+        elif c == 45 or 48 <= c <= 57:
+            p = _skip_number(buf, p, n)
+        elif c == 116:
+            p = _literal(buf, p, n, b"true")
+        elif c == 102:
+            p = _literal(buf, p, n, b"false")
+        elif c == 110:
+            p = _literal(buf, p, n, b"null")
+        elif c == 91 or c == 123:
+            if depth >= 62:
+                return -2
+            if c == 123:
+                stack |= 1 << depth
+            depth += 1
+            p = _ws(buf, p + 1, n)
+            if p < n and buf[p] == (125 if c == 123 else 93):  # empty container
+                depth -= 1
+                stack &= ~(1 << depth)
+                p += 1
+            elif c == 123:  # first key of an object
+                if p >= n or buf[p] != 34:
+                    return -1
+                p = _ascii_string(buf, p, n)
+                if p < 0:
+                    return p
+                p = _ws(buf, p, n)
+                if p >= n or buf[p] != 58:
+                    return -1
+                p += 1
+                continue
+            else:
+                continue  # first element of an array
+        else:
+            return -1
+        if p < 0:
+            return p
+        # ---- after a complete value: commas and closing brackets
+        while depth > 0:
+            p = _ws(buf, p, n)
+            if p >= n:
+                return -1
+            c = buf[p]
+            is_obj = (stack >> (depth - 1)) & 1
+            if c == 44:
+                p = _ws(buf, p + 1, n)
+                if is_obj:
+                    if p >= n or buf[p] != 34:
+                        return -1
+                    p = _ascii_string(buf, p, n)
+                    if p < 0:
+                        return p
+                    p = _ws(buf, p, n)
+                    if p >= n or buf[p] != 58:
+                        return -1
+                    p += 1
+                break  # next value
+            if (c == 125 and is_obj) or (c == 93 and not is_obj):
+                depth -= 1
+                stack &= ~(1 << depth)
+                p += 1
+            else:
+                return -1
+        if depth == 0:
+            return p
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _json_int(buf: np.ndarray, p: int, n: int, out: np.ndarray, o: int) -> int:
+    """A JSON integer into ``out[o]``; -1 malformed, -2 slow path (null, string, float or
+    more than 18 digits: msgspec's typing decides)."""
+    neg = p < n and buf[p] == 45
+    if neg:
+        p += 1
+    s = p
+    v = 0
+    while p < n and 48 <= buf[p] <= 57:
+        v = v * 10 + (np.int64(buf[p]) - 48)
+        p += 1
+    nd = p - s
+    if nd == 0:
+        return -1 if neg else -2
+    if nd > 18 or (p < n and (buf[p] == 46 or buf[p] == 101 or buf[p] == 69)):
+        return -2
+    if nd > 1 and buf[s] == 48:
+        return -1  # leading zero: not JSON
+    out[o] = -v if neg else v
+    return p
+
+
+@njit(cache=True, nogil=True)
+def _scan_depth(frame: bytes, out: np.ndarray) -> int:
+    """Validate a whole depth frame (envelope or raw) and read header and levels in one
+    pass. Header slots go to ``out[4 * cap:]``; returns ``n_bids << 32 | n_asks`` or
+    ``-(code | pos << 8)``, ``_E_SLOW`` meaning "use the msgspec path"."""
+    buf = np.frombuffer(frame, dtype=np.uint8)
+    n = buf.shape[0]
+    cap = (out.shape[0] - _HEADER) // 4
+    h = 4 * cap
+    slow = -(_E_SLOW | 0)
+    seen = 0
+    top_event = False  # event keys at the top level (a raw payload)
+    has_data = False
+    nb = 0
+    na = 0
+    level = 0
+    comma = False  # the previous token was a ',' (so a key must follow)
+    p = _ws(buf, 0, n)
+    if p >= n or buf[p] != 123:
+        return -(_E_SYNTAX | (p << 8))
+    p += 1
+    while True:
+        p = _ws(buf, p, n)
+        if p >= n:
+            return -(_E_SYNTAX | (p << 8))
+        if buf[p] == 125:
+            if comma:
+                return -(_E_SYNTAX | (p << 8))  # trailing comma
+            p += 1
+            if level == 0:
+                break
+            level = 0
+        else:
+            if buf[p] != 34:
+                return -(_E_SYNTAX | (p << 8))
+            ks = p + 1
+            p = _ascii_string(buf, p, n)
+            if p == -2:
+                return slow
+            if p < 0:
+                return -(_E_SYNTAX | (ks << 8))
+            ke = p - 1
+            klen = ke - ks
+            p = _ws(buf, p, n)
+            if p >= n or buf[p] != 58:
+                return -(_E_SYNTAX | (p << 8))
+            p = _ws(buf, p + 1, n)
+            if p >= n:
+                return -(_E_SYNTAX | (p << 8))
+            k0 = buf[ks]
+            k1 = buf[ks + 1] if klen > 1 else 0
+            slot = -1  # which event key (index into the header/seen bits), -1 other
+            if klen == 1:
+                if k0 == 101:  # e
+                    slot = 0
+                elif k0 == 69:  # E
+                    slot = 1
+                elif k0 == 84:  # T
+                    slot = 2
+                elif k0 == 115:  # s
+                    slot = 3
+                elif k0 == 85:  # U
+                    slot = 4
+                elif k0 == 117:  # u
+                    slot = 5
+                elif k0 == 98:  # b
+                    slot = 7
+                elif k0 == 97:  # a
+                    slot = 8
+                elif k0 == 66 or k0 == 65 or k0 == 116 or k0 == 112 or k0 == 113 or k0 == 109:
+                    return slow  # B A t p q m: another event's fields
+            elif klen == 2 and k0 == 112 and k1 == 117:  # pu
+                slot = 6
+            if level == 0 and slot < 0:
+                if _key_is(buf, ks, ke, b"data"):
+                    if top_event or has_data or buf[p] != 123:
+                        return slow
+                    has_data = True
+                    level = 1
+                    comma = False
+                    p += 1
+                    continue
+                if _key_is(buf, ks, ke, b"stream"):
+                    if buf[p] != 34:
+                        return slow
+                    p = _ascii_string(buf, p, n)
+                    if p == -2:
+                        return slow
+                    if p < 0:
+                        return -(_E_SYNTAX | (ks << 8))
+                    slot = -9  # handled
+            if slot >= 0 and level == 0:
+                if has_data:
+                    return slow  # event fields beside an envelope's data: let msgspec judge
+                top_event = True
+            if slot == 0:  # e
+                if buf[p] != 34:
+                    return slow
+                vs = p + 1
+                p = _ascii_string(buf, p, n)
+                if p < 0:
+                    return slow if p == -2 else -(_E_SYNTAX | (vs << 8))
+                if not _key_is(buf, vs, p - 1, b"depthUpdate"):
+                    return slow  # another event type: the general path handles it
+                seen |= _S_EV
+            elif slot == 3:  # s
+                if buf[p] != 34:
+                    return slow
+                vs = p + 1
+                p = _ascii_string(buf, p, n)
+                if p < 0:
+                    return slow if p == -2 else -(_E_SYNTAX | (vs << 8))
+                out[h + _H_S0] = vs
+                out[h + _H_S1] = p - 1
+                seen |= _S_S
+            elif slot == 1 or slot == 2 or slot == 4 or slot == 5 or slot == 6:
+                hs = _H_E if slot == 1 else _H_T if slot == 2 else _H_U if slot == 4 else _H_LU
+                if slot == 6:
+                    hs = _H_PU
+                q = _json_int(buf, p, n, out, h + hs)
+                if q == -2:
+                    return slow
+                if q < 0:
+                    return -(_E_SYNTAX | (p << 8))
+                p = q
+                seen |= _S_E if slot == 1 else _S_T if slot == 2 else _S_U if slot == 4 else 0
+                seen |= _S_LU if slot == 5 else _S_PU if slot == 6 else 0
+            elif slot == 7 or slot == 8:  # b / a
+                bit = _S_B if slot == 7 else _S_A
+                # errors before the event type is known might belong to another event's
+                # fields: only a confirmed depthUpdate reports them, else msgspec decides
+                if seen & bit:
+                    return -(_E_DUPLICATE | (ks << 8)) if seen & _S_EV else slow
+                r = _parse_array(buf, p, n, out, 0 if slot == 7 else 2 * cap, cap)
+                if r < 0:
+                    return r if seen & _S_EV else slow
+                p = r >> 32
+                if slot == 7:
+                    nb = r & 0xFFFFFFFF
+                else:
+                    na = r & 0xFFFFFFFF
+                seen |= bit
+            elif slot == -1:  # an unknown field: validate and skip
+                q = _skip_json(buf, p, n)
+                if q == -2:
+                    return slow
+                if q < 0:
+                    return -(_E_SYNTAX | (p << 8))
+                p = q
+        p = _ws(buf, p, n)
+        comma = p < n and buf[p] == 44
+        if comma:
+            p += 1
+        elif not (p < n and buf[p] == 125):
+            return -(_E_SYNTAX | (p << 8))
+    if _ws(buf, p, n) != n:
+        return -(_E_SYNTAX | (p << 8))  # trailing bytes after the document
+    if (seen & _REQUIRED) != _REQUIRED:
+        return slow  # a missing field: the msgspec path names it
+    out[h + _H_SEEN] = seen
+    return (nb << 32) | na
+
+
+# --------------------------------------------------------------------------- python side
+
+
+def _fx(text: str | None, what: str) -> int:
+    """Exact decimal string -> SCALE int for the few scalar prices of trade/bookTicker.
+
+    Pure Python is faster than a compiled call for one short string (~0.4 us); the rules are
+    those of the level kernel (tested against each other)."""
+    if text is None:
+        raise FrameError(f"missing field {what!r}")
+    whole, _, frac = text.partition(".")
+    if len(frac) > _DECIMALS:
+        frac = frac.rstrip("0")
+        if len(frac) > _DECIMALS:
+            raise FrameError(f"{what}={text!r} has more than {_DECIMALS} decimals")
+    digits = whole + frac
+    # isascii: str.isdigit() also accepts non-ASCII digits ('²', '٣') that int() would take
+    if not (digits.isdigit() and digits.isascii()) or text.count(".") > 1:
+        raise FrameError(f"{what}={text!r} is not a plain unsigned decimal string")
+    value = int(whole + frac.ljust(_DECIMALS, "0"))
+    if value > _MAX_I64:
+        raise FrameError(f"{what}={text!r} is out of int64 fixed-point range")
+    return value
+
+
+def parse_fixed(text: str | bytes) -> int:
+    """Parse one decimal string exactly as the frame parser does (``"0.00000001"`` -> 1).
+
+    Raises :class:`FrameError` on anything Binance would not send (sign, exponent, NaN,
+    more than 8 significant decimals, out of int64 range)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("ascii")
+        except UnicodeDecodeError:
+            raise FrameError(f"{text!r} is not ASCII") from None
+    return _fx(text, "value")
+
+
+def _snippet(frame: bytes, pos: int) -> str:
+    lo = max(0, pos - 20)
+    return repr(bytes(frame[lo : pos + 30]))
+
+
+class FrameParser:
+    """Parses Binance frames into ``schemas`` Structs. Not thread-safe (owns a scratch
+    buffer): create one per feed/thread; the module functions use a thread-local one."""
+
+    __slots__ = ("_cap", "_out", "_mv", "_head", "_hdr", "_symbols", "_decode", "_decode_rest")
+
+    def __init__(self, max_levels_hint: int = 2048) -> None:
+        self._alloc(max(64, max_levels_hint))
+        self._symbols: dict[bytes, str] = {}  # symbol bytes -> one shared str
+        # own decoders: nothing shared between threads
+        self._decode = msgspec.json.Decoder(_Frame).decode
+        self._decode_rest = msgspec.json.Decoder(_Rest).decode
+
+    def _alloc(self, cap: int) -> None:
+        self._cap = cap
+        # bids: [0, 2cap), asks: [2cap, 4cap), then the depth fast path's header
+        self._out = np.empty(4 * cap + _HEADER, dtype=np.int64)
+        self._mv = memoryview(self._out).cast("B")
+        self._head = self._out[:4]  # scalar results (ticker/trade prices), a view made once
+        self._hdr = self._out[4 * cap :]
+
+    def _run(self, frame: bytes, flags: int) -> int:
+        """Run the kernel; raise FrameError on its error code."""
+        rc = _scan(frame, self._out, flags)
+        if rc < 0:
+            code, pos = (-rc) & 0xFF, (-rc) >> 8
+            raise FrameError(
+                f"{_ERRORS.get(code, 'bad levels')} at byte {pos}: {_snippet(frame, pos)}"
+            )
+        return rc
+
+    def _levels(self, frame: bytes, flags: int) -> tuple[bytes, bytes]:
+        """Parse the level arrays; return packed (bids, asks) or raise FrameError."""
+        if len(frame) >= self._cap * 10:  # a pair takes >= 10 bytes: ["1","0"],
+            self._alloc(max(len(frame) // 10 + 1, 2 * self._cap))
+        rc = self._run(frame, flags)
+        mv = self._mv
+        h = 16 * self._cap  # asks start at int64 index 2 * cap
+        return mv[: 16 * (rc >> 32)].tobytes(), mv[h : h + 16 * (rc & 0xFFFFFFFF)].tobytes()
+
+    def parse(self, frame: bytes, ts_recv_ns: int) -> DepthDiff | Trade | BookTicker:
+        """Parse one WS frame (combined envelope or raw payload) received at ``ts_recv_ns``.
+
+        Supported: ``depthUpdate`` (spot; futures with ``pu``), ``trade``, ``aggTrade``,
+        ``bookTicker`` (spot without ``e``/``E``; futures with them). ``ts_exchange_ns`` is
+        ``E`` (trades: ``T``) in ns; spot bookTicker has no venue time, so it is 0.
+        Raises :class:`FrameError`."""
+        if type(frame) is not bytes:
+            frame = bytes(frame)
+        if frame.find(b"depthUpdate", 0, 160) >= 0:  # cheap pre-filter for the fast path
+            msg = self._depth_fast(frame, ts_recv_ns)
+            if msg is not None:
+                return msg
+        return self._parse_general(frame, ts_recv_ns)
+
+    def _depth_fast(self, frame: bytes, ts_recv_ns: int) -> DepthDiff | None:
+        """One-pass depth parse (see ``_scan_depth``); None: not canonical, use msgspec."""
+        if len(frame) >= self._cap * 10:  # a pair takes >= 10 bytes: ["1","0"],
+            self._alloc(max(len(frame) // 10 + 1, 2 * self._cap))
+        rc = _scan_depth(frame, self._out)
+        if rc < 0:
+            code, pos = (-rc) & 0xFF, (-rc) >> 8
+            if code == _E_SLOW or code == _E_SYNTAX:
+                return None  # msgspec decides (and words JSON errors its usual way)
+            raise FrameError(
+                f"{_ERRORS.get(code, 'bad levels')} at byte {pos}: {_snippet(frame, pos)}"
+            )
+        ts, _, first, last, pu, s0, s1, seen = self._hdr.tolist()
+        if first < 0 or first > last:
+            raise FrameError(f"depthUpdate event: bad update ids U={first} u={last}")
+        key = frame[s0:s1]
+        sym = self._symbols.get(key)
+        if sym is None:
+            sym = key.decode("ascii")
+            if len(self._symbols) < 4096:  # bounded: garbage symbols cannot grow it
+                self._symbols[key] = sym
+        mv = self._mv
+        h = 16 * self._cap
+        return DepthDiff(
+            sym,
+            first,
+            last,
+            pu if seen & _S_PU else -1,
+            mv[: 16 * (rc >> 32)].tobytes(),
+            mv[h : h + 16 * (rc & 0xFFFFFFFF)].tobytes(),
+            ts * _MS,
+            ts_recv_ns,
+        )
+
+    def _parse_general(self, frame: bytes, ts_recv_ns: int) -> DepthDiff | Trade | BookTicker:
+        """The msgspec path: every supported event type, any valid JSON shape."""
+        try:
+            f = self._decode(frame)
+        except msgspec.DecodeError as exc:  # ValidationError is a subclass
+            raise FrameError(f"bad frame: {exc}: {_snippet(frame, 0)}") from None
+        ev: _Event = f
+        flags = 0
+        if f.data is not None:
+            ev = f.data
+            flags = _ENVELOPE
+        e = ev.e
+        if e == "depthUpdate":
+            return self._depth(frame, ev, flags, ts_recv_ns)
+        if e == "bookTicker" or (e is None and ev.B is not None and ev.A is not None):
+            return self._ticker(frame, ev, flags, ts_recv_ns)
+        if e == "trade" or e == "aggTrade":
+            return self._trade(frame, ev, flags, e, ts_recv_ns)
+        if e is None:
+            raise FrameError(f"frame has no event type: {_snippet(frame, 0)}")
+        raise FrameError(f"unsupported event type {e!r}")
+
+    def _depth(self, frame: bytes, ev: _Event, flags: int, ts_recv_ns: int) -> DepthDiff:
+        first, last, sym, ts = ev.U, ev.u, ev.s, ev.E
+        if first is None or last is None or sym is None or ts is None or not ev.b or not ev.a:
+            _missing(ev, ("E", "s", "U", "u", "b", "a"), "depthUpdate")
+        assert first is not None and last is not None and sym is not None and ts is not None
+        if first < 0 or first > last:
+            raise FrameError(f"depthUpdate event: bad update ids U={first} u={last}")
+        bids, asks = self._levels(frame, flags | _M_DEPTH)
+        pu = ev.pu
+        return DepthDiff(
+            sym, first, last, -1 if pu is None else pu, bids, asks, ts * _MS, ts_recv_ns
+        )
+
+    def _ticker(self, frame: bytes, ev: _Event, flags: int, ts_recv_ns: int) -> BookTicker:
+        sym, uid = ev.s, ev.u
+        if sym is None or uid is None or not ev.b or not ev.a:
+            _missing(ev, ("s", "u", "b", "a"), "bookTicker")
+        assert sym is not None and uid is not None
+        self._run(frame, flags | _M_TICKER)
+        bp, bq, ap, aq = self._head.tolist()
+        return BookTicker(sym, uid, bp, bq, ap, aq, (ev.E or 0) * _MS, ts_recv_ns)
+
+    def _trade(self, frame: bytes, ev: _Event, flags: int, e: str, ts_recv_ns: int) -> Trade:
+        sym, ts, maker = ev.s, ev.T, ev.m
+        if sym is None or ts is None or maker is None or ev.p is None or ev.q is None:
+            _missing(ev, ("s", "T", "m", "p", "q"), e)
+        assert sym is not None and ts is not None and maker is not None
+        if e == "trade":
+            if ev.t is None:
+                _missing(ev, ("t",), e)
+            trade_id = ev.t
+        else:  # aggTrade: "a" is the aggregate trade id
+            if not ev.a:
+                _missing(ev, ("a",), e)
+            try:
+                trade_id = msgspec.json.decode(ev.a, type=int)
+            except msgspec.DecodeError:
+                raise FrameError(
+                    f"aggTrade event: 'a' must be an int, got {bytes(ev.a)!r}"
+                ) from None
+        assert trade_id is not None
+        self._run(frame, flags | _M_TRADE)
+        px, qty, _, _ = self._head.tolist()
+        return Trade(sym, trade_id, px, qty, maker, ts * _MS, ts_recv_ns)
+
+    def parse_snapshot(self, body: bytes, symbol: str | None, ts_recv_ns: int) -> DepthSnapshot:
+        """Parse a REST ``/depth`` body. ``symbol`` names the instrument when the body does
+        not (spot and USD-M bodies do not; COIN-M ones do). ``ts_exchange_ns`` is the body's
+        ``E`` (futures) or 0 (spot has no venue time). Raises :class:`FrameError`."""
+        if type(body) is not bytes:
+            body = bytes(body)
+        try:
+            r = self._decode_rest(body)
+        except msgspec.DecodeError as exc:
+            raise FrameError(f"bad depth snapshot: {exc}: {_snippet(body, 0)}") from None
+        sym = r.symbol or symbol
+        if not sym:
+            raise FrameError("depth snapshot: symbol unknown (not in body, none given)")
+        if not r.bids or not r.asks:
+            raise FrameError("depth snapshot: missing 'bids' or 'asks'")
+        if r.lastUpdateId < 0:
+            raise FrameError(f"depth snapshot: bad lastUpdateId {r.lastUpdateId}")
+        bids, asks = self._levels(body, _M_REST)
+        return DepthSnapshot(sym.upper(), r.lastUpdateId, bids, asks, (r.E or 0) * _MS, ts_recv_ns)
+
+
+def _missing(ev: _Event, names: tuple[str, ...], kind: str) -> None:
+    """Raise for the first required field that is absent."""
+    for name in names:
+        value = getattr(ev, name)
+        if value is None or (isinstance(value, msgspec.Raw) and not value):
+            raise FrameError(f"{kind} event: missing field {name!r}")
+
+
+_local = threading.local()
+
+
+def _parser() -> FrameParser:
+    p = getattr(_local, "parser", None)
+    if p is None:
+        p = _local.parser = FrameParser()
+    return p
+
+
+def parse_frame(frame: bytes, ts_recv_ns: int) -> DepthDiff | Trade | BookTicker:
+    """Parse one WS frame with this thread's :class:`FrameParser` (see its ``parse``)."""
+    return _parser().parse(frame, ts_recv_ns)
+
+
+def parse_snapshot(body: bytes, symbol: str | None, ts_recv_ns: int) -> DepthSnapshot:
+    """Parse a REST depth body with this thread's :class:`FrameParser` (``parse_snapshot``)."""
+    return _parser().parse_snapshot(body, symbol, ts_recv_ns)
+
+
+def warmup() -> None:
+    """Compile (or load from cache) the kernels before the first real frame."""
+    p = FrameParser(64)
+    p.parse(b'{"e":"depthUpdate","E":1,"s":"X","U":1,"u":2,"b":[["1.5","2"]],"a":[]}', 0)
+    p.parse(
+        b'{"stream":"x@depth","data":{"e":"depthUpdate","E":1,"s":"X","U":1,"u":2,'
+        b'"b":[],"a":[["1","1"]]}}',
+        0,
+    )
+    p.parse_snapshot(b'{"lastUpdateId":1,"bids":[["1","1"]],"asks":[]}', "X", 0)

@@ -1,0 +1,461 @@
+"""Frame parser: exact against a Decimal-free reference on real frames, strict on bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+from functools import cache
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+
+from kernel.fixed import to_fixed
+from plugins.binance.capture import SAMPLE, read_capture
+from plugins.binance.parse import FrameError, FrameParser, parse_fixed, parse_frame, parse_snapshot
+from schemas import BookTicker, DepthDiff, DepthSnapshot, Trade
+
+SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "binance"
+HFT = SHARED / "hftbacktest" / "examples"
+CF = SHARED / "cryptofeed"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not present")
+
+
+@cache
+def sample_frames() -> dict[str, list[bytes]]:
+    """The shipped capture's raw payloads by kind: depth, trade, bookTicker, rest."""
+    out: dict[str, list[bytes]] = {"depth": [], "trade": [], "bookTicker": [], "rest": []}
+    for rec in read_capture(SAMPLE):
+        kind = "rest" if rec.kind == "rest" else rec.stream.split("@")[1]  # type: ignore[union-attr]
+        out[kind].append(rec.payload)
+    return out
+
+
+def view(b: bytes) -> list[list[int]]:
+    return np.frombuffer(b, "<i8").reshape(-1, 2).tolist()
+
+
+def ref_levels(levels: list[list[str]]) -> list[list[int]]:
+    """Reference conversion: kernel.fixed.to_fixed (string arithmetic, no floats)."""
+    return [[to_fixed(p), to_fixed(q)] for p, q in levels]
+
+
+def check_against_reference(rec_payload: bytes, kind: str, symbol: str | None) -> None:
+    """Parse one real payload and compare every field with an independent decode."""
+    parser = FrameParser(64)  # tiny scratch: big frames exercise its growth
+    if kind == "rest":
+        body = json.loads(rec_payload)
+        s = parser.parse_snapshot(rec_payload, symbol, 7)
+        assert isinstance(s, DepthSnapshot)
+        assert (s.last_update_id, s.ts_recv_ns) == (body["lastUpdateId"], 7)
+        assert s.ts_exchange_ns == body.get("E", 0) * 1_000_000
+        assert view(s.bids) == ref_levels(body["bids"])
+        assert view(s.asks) == ref_levels(body["asks"])
+        return
+    d = json.loads(rec_payload)["data"]
+    m = parser.parse(rec_payload, 11)
+    assert m.ts_recv_ns == 11 and m.symbol == d["s"]
+    if d.get("e") == "depthUpdate":
+        assert isinstance(m, DepthDiff)
+        assert (m.first_update_id, m.last_update_id) == (d["U"], d["u"])
+        assert m.prev_update_id == d.get("pu", -1)
+        assert m.ts_exchange_ns == d["E"] * 1_000_000
+        assert view(m.bids) == ref_levels(d["b"]) and view(m.asks) == ref_levels(d["a"])
+    elif d.get("e") in ("trade", "aggTrade"):
+        assert isinstance(m, Trade)
+        assert m.trade_id == (d["t"] if d["e"] == "trade" else d["a"])
+        assert (m.px, m.qty) == (to_fixed(d["p"]), to_fixed(d["q"]))
+        assert m.buyer_is_maker is d["m"] and m.ts_exchange_ns == d["T"] * 1_000_000
+    else:
+        assert isinstance(m, BookTicker)
+        assert m.update_id == d["u"]
+        assert (m.bid_px, m.bid_qty, m.ask_px, m.ask_qty) == tuple(
+            to_fixed(d[k]) for k in ("b", "B", "a", "A")
+        )
+        assert m.ts_exchange_ns == d.get("E", 0) * 1_000_000
+
+
+# ---------------------------------------------------------------- real frames
+
+
+def test_every_sample_frame_matches_reference() -> None:
+    frames = sample_frames()
+    assert len(frames["depth"]) == 1795 and len(frames["rest"]) == 1
+    for kind, payloads in frames.items():
+        for p in payloads:
+            check_against_reference(p, kind, "BTCUSDT")
+    sizes = [len(d["b"]) + len(d["a"]) for d in (json.loads(p)["data"] for p in frames["depth"])]
+    assert max(sizes) == 598  # the biggest real frame of the sample was covered
+
+
+@needs_shared
+@pytest.mark.parametrize(
+    "path",
+    [
+        HFT / "usdm" / "btcusdt_20240808.gz",  # futures: pu, 2-3 decimals, T, E in ticker
+        HFT / "cm" / "btcusd_perp_20240808.gz",  # COIN-M: ps, symbol in the REST body
+        CF / "1312c062-2021-04-05" / "sample_data" / "BINANCE-b38f7c.0",  # aggTrade, 10 symbols
+    ],
+    ids=["usdm", "coinm", "cryptofeed-spot"],
+)
+def test_shared_frames_match_reference(path: Path) -> None:
+    n = 0
+    for i, rec in enumerate(read_capture(path)):
+        if rec.kind == "ws" and "@kline" in rec.stream:  # type: ignore[operator]
+            continue
+        if rec.kind == "rest" or i % 3 == 0:  # every 3rd frame keeps the test quick
+            check_against_reference(rec.payload, rec.kind, rec.symbol)
+            n += 1
+    assert n > 3000
+
+
+def test_raw_payload_and_envelope_give_the_same_message() -> None:
+    frames = sample_frames()
+    for kind in ("depth", "trade", "bookTicker"):
+        for p in frames[kind][:50]:
+            raw = msgspec.json.encode(msgspec.json.decode(p)["data"])
+            assert parse_frame(raw, 5) == parse_frame(p, 5)
+
+
+def test_whitespace_and_key_order_do_not_matter() -> None:
+    for p in sample_frames()["depth"][:100]:
+        pretty = json.dumps(json.loads(p), indent=2, sort_keys=True).encode()
+        assert parse_frame(pretty, 1) == parse_frame(p, 1)
+    body = sample_frames()["rest"][0]
+    pretty = json.dumps(json.loads(body), indent=1, sort_keys=True).encode()
+    assert parse_snapshot(pretty, "btcusdt", 0) == parse_snapshot(body, "BTCUSDT", 0)
+
+
+def test_snapshot_symbol_rules() -> None:
+    body = sample_frames()["rest"][0]
+    assert parse_snapshot(body, "BTCUSDT", 0).symbol == "BTCUSDT"
+    with pytest.raises(FrameError, match="symbol"):
+        parse_snapshot(body, None, 0)
+    coinm = b'{"lastUpdateId":5,"E":10,"T":9,"symbol":"BTCUSD_PERP","pair":"BTCUSD",'
+    coinm += b'"bids":[["61000.1","12"]],"asks":[]}'
+    s = parse_snapshot(coinm, None, 3)
+    assert (s.symbol, s.last_update_id, s.ts_exchange_ns) == ("BTCUSD_PERP", 5, 10_000_000)
+    assert view(s.bids) == [[6_100_010_000_000, 1_200_000_000]] and s.asks == b""
+
+
+def test_big_synthetic_frame_from_real_levels() -> None:
+    """The 1000+1000 real snapshot levels sent as one diff: scratch grows, values exact."""
+    body = json.loads(sample_frames()["rest"][0])
+    frame = json.dumps(
+        {
+            "e": "depthUpdate",
+            "E": 1,
+            "s": "BTCUSDT",
+            "U": 1,
+            "u": 2,
+            "b": body["bids"] * 3,
+            "a": body["asks"] * 3,
+        }  # fmt: skip
+    ).encode()
+    m = FrameParser(16).parse(frame, 0)
+    assert isinstance(m, DepthDiff)
+    assert view(m.bids) == ref_levels(body["bids"] * 3)
+    assert view(m.asks) == ref_levels(body["asks"] * 3)
+
+
+# ---------------------------------------------------------------- exactness
+
+
+EXACT = [
+    ("0.00000001", 1),
+    ("99999.99999999", 9_999_999_999_999),
+    ("61837.63000000", 6_183_763_000_000),
+    ("0.014", 1_400_000),
+    ("1.000000000000", 100_000_000),  # >8 decimals but only zeros: exact, accepted
+    ("0", 0),
+    ("5.", 500_000_000),
+    (".5", 50_000_000),
+    ("000123.4", 12_340_000_000),
+    ("92233720368.54775807", 2**63 - 1),  # the largest representable value
+]
+
+INEXACT_OR_INVALID = [
+    "1.000000001", "0.123456789", "-1", "+1", "1e-5", "1E5", "NaN", "nan", "inf", "",
+    ".", " 1", "1 ", "1.2.3", "0x10", "1,5", "١٢", "²", "92233720368.54775808",
+    "100000000000", "1" * 30,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "value"), EXACT)
+def test_exact_values_in_levels_and_scalars(text: str, value: int) -> None:
+    assert parse_fixed(text) == value == to_fixed(text)
+    frame = b'{"e":"depthUpdate","E":1,"s":"X","U":1,"u":1,"b":[["1","%s"]],"a":[["%s","0"]]}' % (
+        text.encode(),
+        text.encode(),
+    )
+    if value == 0:  # a zero price is refused, a zero qty is a delete
+        with pytest.raises(FrameError, match="price must be > 0"):
+            parse_frame(frame, 0)
+        return
+    m = parse_frame(frame, 0)
+    assert isinstance(m, DepthDiff)
+    assert view(m.bids) == [[100_000_000, value]] and view(m.asks) == [[value, 0]]
+    t = parse_frame(
+        b'{"e":"trade","E":1,"s":"X","t":1,"p":"%s","q":"%s","T":2,"m":true}'
+        % (text.encode(), text.encode()),
+        0,
+    )
+    assert isinstance(t, Trade) and (t.px, t.qty) == (value, value)
+
+
+@pytest.mark.parametrize("text", INEXACT_OR_INVALID)
+def test_inexact_or_invalid_numbers_refused_everywhere(text: str) -> None:
+    enc = text.encode()
+    with pytest.raises(FrameError):
+        parse_fixed(text)
+    frame = b'{"e":"depthUpdate","E":1,"s":"X","U":1,"u":1,"b":[["1","%s"]],"a":[]}' % enc
+    with pytest.raises(FrameError):
+        parse_frame(frame, 0)
+    tick = b'{"u":1,"s":"X","b":"%s","B":"1","a":"2","A":"1"}' % enc
+    with pytest.raises(FrameError):
+        parse_frame(tick, 0)
+
+
+# ---------------------------------------------------------------- bad frames
+
+
+def _real(kind: str, i: int = 0) -> bytes:
+    return sample_frames()[kind][i]
+
+
+def _depth(i: int = 1) -> bytes:
+    return _real("depth", i)
+
+
+BAD: list[tuple[str, bytes | None, str]] = [
+    # (id, frame or None = built below, expected message fragment)
+    ("empty", b"", "bad frame"),
+    ("not-json", b"hello", "bad frame"),
+    ("json-array", b"[1,2]", "bad frame"),
+    ("unknown-event", b'{"e":"kline","E":1,"s":"X"}', "unsupported event type 'kline'"),
+    ("no-event-type", b'{"E":1,"s":"X","u":3}', "no event type"),
+    ("event-type-not-str", b'{"e":5}', "bad frame"),
+    ("data-not-object", b'{"stream":"x@depth","data":[1]}', "bad frame"),
+    ("ids-reversed", b'{"e":"depthUpdate","E":1,"s":"X","U":5,"u":4,"b":[],"a":[]}', "U=5 u=4"),
+    ("b-not-array", b'{"e":"depthUpdate","E":1,"s":"X","U":1,"u":1,"b":"x","a":[]}', "malformed"),
+    (
+        "level-3-items",
+        b'{"e":"depthUpdate","E":1,"s":"X","U":1,"u":1,"b":[["1","2","3"]],"a":[]}',
+        "malformed",
+    ),
+    (
+        "level-numbers",
+        b'{"e":"depthUpdate","E":1,"s":"X","U":1,"u":1,"b":[[1.5,"2"]],"a":[]}',
+        "not a plain",
+    ),
+    (
+        "level-not-pair",
+        b'{"e":"depthUpdate","E":1,"s":"X","U":1,"u":1,"b":["1"],"a":[]}',
+        "malformed",
+    ),
+    (
+        "dup-b",
+        b'{"e":"depthUpdate","E":1,"s":"X","U":1,"u":1,"b":[],"a":[],"b":[["1","1"]]}',
+        "duplicate",
+    ),
+    (
+        "trade-px-number",
+        b'{"e":"trade","E":1,"s":"X","t":1,"p":1.5,"q":"1","T":1,"m":true}',
+        "bad frame",
+    ),
+    ("trade-no-qty", b'{"e":"trade","E":1,"s":"X","t":1,"p":"1","T":1,"m":true}', "'q'"),
+    ("trade-no-id", b'{"e":"trade","E":1,"s":"X","p":"1","q":"1","T":1,"m":true}', "'t'"),
+    (
+        "agg-id-str",
+        b'{"e":"aggTrade","E":1,"s":"X","a":"x","p":"1","q":"1","T":1,"m":true}',
+        "must be an int",
+    ),
+    ("ticker-px-number", b'{"u":1,"s":"X","b":61837.63,"B":"1","a":"2","A":"1"}', "decimal"),
+    ("ticker-no-u", b'{"s":"X","b":"1","B":"1","a":"2","A":"1"}', "'u'"),
+    ("missing-u", None, "'u'"),
+    ("missing-a", None, "'a'"),
+    ("negative-qty", None, "not a plain"),
+    ("nine-decimals", None, "more than 8 decimals"),
+    ("zero-price", None, "price must be > 0"),
+    ("truncated", None, "bad frame"),
+    ("huge-price", None, "range"),
+]
+
+
+def _build(name: str) -> bytes:
+    """Faults injected into a real depth frame (first level of each side)."""
+    f = _depth()
+    d = json.loads(f)
+    p0, q0 = d["data"]["b"][0]
+    if name == "missing-u":
+        return f.replace(b'"u":', b'"x":', 1)
+    if name == "missing-a":
+        return f.replace(b'"a":[', b'"z":[', 1)
+    if name == "negative-qty":
+        return f.replace(f'"{q0}"'.encode(), b'"-0.5"', 1)
+    if name == "nine-decimals":
+        return f.replace(f'"{p0}"'.encode(), f'"{p0}1"'.encode(), 1)
+    if name == "zero-price":
+        return f.replace(f'"{p0}"'.encode(), b'"0.00000000"', 1)
+    if name == "truncated":
+        return f[:-3]
+    if name == "huge-price":
+        return f.replace(f'"{p0}"'.encode(), b'"99999999999999.0"', 1)
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize(("name", "frame", "match"), BAD, ids=[b[0] for b in BAD])
+def test_bad_frames_raise_frame_error_and_parser_survives(
+    name: str, frame: bytes | None, match: str
+) -> None:
+    parser = FrameParser()
+    good = _depth(7)
+    expected = parser.parse(good, 1)
+    bad = frame if frame is not None else _build(name)
+    with pytest.raises(FrameError, match=match):
+        parser.parse(bad, 1)
+    # nothing corrupted: the same parser (same scratch buffer) still parses exactly
+    assert parser.parse(good, 1) == expected
+    assert isinstance(FrameError("x"), ValueError)
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        (b'{"bids":[],"asks":[]}', "bad depth snapshot"),
+        (b'{"lastUpdateId":1,"bids":[]}', "missing"),
+        (b'{"lastUpdateId":-1,"bids":[],"asks":[]}', "lastUpdateId"),
+        (b'{"lastUpdateId":1,"bids":[["1","-1"]],"asks":[]}', "not a plain"),
+        (b'{"lastUpdateId":1,"bids":[],"asks":[["abc","1"]]}', "not a plain"),
+        (b"", "bad depth snapshot"),
+    ],
+)
+def test_bad_snapshots(body: bytes, match: str) -> None:
+    with pytest.raises(FrameError, match=match):
+        parse_snapshot(body, "X", 0)
+
+
+def test_timestamps_and_flags() -> None:
+    spot_tick = parse_frame(_real("bookTicker"), 42)
+    assert isinstance(spot_tick, BookTicker) and spot_tick.ts_exchange_ns == 0  # spot: no E
+    fut_tick = parse_frame(
+        b'{"e":"bookTicker","u":9,"s":"BTCUSDT","b":"61800.20","B":"2.507","a":"61800.30",'
+        b'"A":"2.510","T":1723161256313,"E":1723161256314}',
+        42,
+    )
+    assert fut_tick == BookTicker(
+        "BTCUSDT", 9, 6_180_020_000_000, 250_700_000, 6_180_030_000_000, 251_000_000,
+        1_723_161_256_314_000_000, 42,
+    )  # fmt: skip
+    tr = parse_frame(_real("trade"), 1)
+    d = json.loads(_real("trade"))["data"]
+    assert isinstance(tr, Trade) and tr.ts_exchange_ns == d["T"] * 1_000_000 != d["E"] * 10**6
+    fut_depth = parse_frame(
+        b'{"e":"depthUpdate","E":5,"T":4,"s":"BTCUSDT","U":10,"u":20,"pu":9,'
+        b'"b":[["58710.20","0.014"]],"a":[]}',
+        0,
+    )
+    assert isinstance(fut_depth, DepthDiff)
+    assert (fut_depth.prev_update_id, fut_depth.ts_exchange_ns) == (9, 5_000_000)
+    assert view(fut_depth.bids) == [[5_871_020_000_000, 1_400_000]]
+
+
+# ---------------------------------------------------------------- depth fast path
+
+
+def _outcome(fn: object, frame: bytes) -> object:
+    """``("ok", msg)``, ``("err",)`` for FrameError, or None when the fast path declined."""
+    try:
+        msg = fn(frame, 1)  # type: ignore[operator]
+    except FrameError:
+        return ("err",)
+    return None if msg is None else ("ok", msg)
+
+
+_PALETTE = b'{}[]",:0123456789.-+eE tfnul\\x\xff\n'
+_EXTRA = [
+    b'"x":{"y":[1,2.5e3,{"z":null}],"w":"v","t":true},',
+    b'"u":5,',  # duplicate key: msgspec keeps the last
+    b'"b":[],',  # duplicate level array
+    b'"pu":null,',
+    b'"E":"1",',
+    b'"B":"1.0",',  # another event's field
+    b'"e":"trade",',
+    b'"s":"BTC\\u0055SDT",',
+    b'"M":false,',
+    b'"ps":"BTCUSD",',
+    b'"T":1.0,',
+    b"  ",
+]
+
+
+def _mutate(rng: random.Random, f: bytes) -> bytes:
+    k = rng.randrange(7)
+    i = rng.randrange(len(f) or 1)
+    if k == 0:
+        return f[:i] + f[i + 1 :]
+    if k == 1:
+        return f[:i] + bytes([rng.choice(_PALETTE)]) + f[i:]
+    if k == 2:
+        return f[:i] + bytes([rng.choice(_PALETTE)]) + f[i + 1 :]
+    if k == 3:
+        return f[:i]
+    if k == 4:  # a field inserted right after an object opens (envelope or data)
+        at = [j + 1 for j, c in enumerate(f) if c == ord("{")] or [0]
+        j = rng.choice(at)
+        return f[:j] + rng.choice(_EXTRA) + f[j:]
+    if k == 5:  # same content, other key order and spacing
+        try:
+            d = json.loads(f)
+            assert isinstance(d, dict)
+        except (ValueError, AssertionError):
+            return f[:i]
+        obj = d.get("data", d) if isinstance(d.get("data"), dict) else d
+        keys = list(obj)
+        rng.shuffle(keys)
+        shuffled = {key: obj[key] for key in keys}
+        if "data" in d:
+            d["data"] = shuffled
+        else:
+            d = shuffled
+        return json.dumps(d, indent=rng.choice([None, 1])).encode()
+    return f.replace(b'"', b"'", 1) if rng.random() < 0.5 else f + b" x"
+
+
+def test_depth_fast_path_agrees_with_msgspec_path() -> None:
+    """The one-pass depth kernel and the msgspec path give the same message or both raise,
+    on real frames and on thousands of mutations of them; real frames take the fast path."""
+    rng = random.Random(11)
+    spot = sample_frames()["depth"][:300]
+    futures = [
+        json.dumps(
+            {
+                "e": "depthUpdate",
+                "E": 1723161256299,
+                "T": 1723161256298,
+                "s": "BTCUSDT",
+                "U": 10 + i,
+                "u": 20 + i,
+                "pu": 9 + i,
+                "b": [["58710.20", "0.014"], ["61496.50", "0.010"]],
+                "a": [["61800.30", "2.5"]],
+            }
+        ).encode()  # fmt: skip
+        for i in range(20)
+    ]
+    raw = [json.dumps(json.loads(f)["data"], separators=(",", ":")).encode() for f in spot[:50]]
+    parser = FrameParser(64)
+    for f in spot + futures + raw:
+        fast = _outcome(parser._depth_fast, f)
+        assert fast is not None and fast == _outcome(parser._parse_general, f)
+    declined = agreed = 0
+    for _ in range(6000):
+        f = _mutate(rng, rng.choice(spot + futures + raw))
+        fast = _outcome(parser._depth_fast, f)
+        if fast is None:
+            declined += 1
+            continue
+        assert fast == _outcome(parser._parse_general, f), f
+        agreed += 1
+    assert agreed > 2000 and declined > 500  # both branches really exercised

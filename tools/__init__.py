@@ -1,0 +1,1 @@
+"""Operator tools: exchange simulator, capture trimming, and friends."""
