@@ -126,7 +126,8 @@ class Kernel:
                 request_shutdown=self.request_shutdown,
             )
             self.contexts[name] = ctx
-            ctx.component = self._hook(lane, self.manager.setup, ctx, "set up")
+            # set-up may compile numba kernels on a cold cache: tens of seconds, once
+            ctx.component = self._hook(lane, self.manager.setup, ctx, "set up", timeout=300.0)
 
         prefixes = {ln: lane.call(lane.bus_prefixes) for ln, lane in self.lanes.items()}
         expected: dict[bytes, int] = {}
@@ -146,7 +147,7 @@ class Kernel:
 
         for name in self.order:
             ctx = self.contexts[name]
-            self._hook(self.lanes[ctx.lane_name], self.manager.start, ctx, "start")
+            self._hook(self.lanes[ctx.lane_name], self.manager.start, ctx, "start", timeout=30.0)
             self._started.append(name)
         log.info(
             "%s ready: %d plugin(s) in %d lane(s)%s",
@@ -157,14 +158,19 @@ class Kernel:
         )
 
     def _hook(
-        self, lane: Lane, hook: Callable[[PluginContext], Any], ctx: PluginContext, what: str
+        self,
+        lane: Lane,
+        hook: Callable[[PluginContext], Any],
+        ctx: PluginContext,
+        what: str,
+        timeout: float,
     ) -> Any:
         try:
-            return lane.call(hook, ctx, timeout=10.0)
+            return lane.call(hook, ctx, timeout=timeout)
         except TickbusError as err:
             raise TickbusError(f"plugin {ctx.name!r}: {err}") from err
         except TimeoutError:
-            raise TickbusError(f"plugin {ctx.name!r} did not {what} within 10 s") from None
+            raise TickbusError(f"plugin {ctx.name!r} did not {what} within {timeout:g} s") from None
         except Exception as err:
             log.debug("plugin %s failed to %s", ctx.name, what, exc_info=True)
             raise TickbusError(

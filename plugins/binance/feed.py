@@ -33,7 +33,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from kernel import PluginContext, TickbusError, hookimpl
 from schemas import BookTicker, DepthDiff, FeedStatus, SnapshotRequest, Trade
 
-from .parse import FrameError, FrameParser
+from .parse import FrameError, FrameParser, warmup
 
 DEFAULT_URLS = {
     "spot": ("wss://stream.binance.com:9443", "https://api.binance.com", "/api/v3/depth"),
@@ -310,6 +310,7 @@ def tickbus_config_type() -> type[FeedConfig]:
 
 @hookimpl
 def tickbus_setup(ctx: PluginContext) -> Feed:
+    warmup()  # compile (or load) the numba kernels now, not on the first frame
     feed = Feed(ctx, ctx.config)
     ctx.subscribe("md.resync.", feed.on_resync)
     return feed

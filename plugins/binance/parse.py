@@ -9,16 +9,22 @@ prices and quantities are ``SCALE = 10**8`` integers and whose book levels are p
 
 How (alternatives measured in ``tools/bench/bench_book.py``):
 
-1. ``msgspec`` decodes the frame against a typed Struct. This validates the whole JSON
-   document and types every scalar field; the level arrays ``b``/``a`` are declared
-   ``msgspec.Raw``, so msgspec only skips over them instead of building hundreds of Python
-   strings and tuples (that alone costs ~2x the whole parse on big frames).
-2. A numba kernel walks the (now known to be well-formed) frame once more, finds the level
-   arrays of the event object and converts every ``["price","qty"]`` pair straight from the
-   ASCII digits into int64 fixed-point - strictly: digits with an optional single ``.``, at
-   most 8 significant decimals, no sign/exponent/NaN/whitespace inside the string, price > 0,
-   within int64.
-3. The pairs land in a reused scratch buffer and are copied out once as ``Levels`` bytes.
+* **depth frames** (most of the bytes on the wire): one numba pass, :func:`_scan_depth`,
+  validates the whole JSON document, reads the header (``e E T s U u pu``) and converts every
+  ``["price","qty"]`` pair straight from the ASCII digits into int64 fixed-point, into a
+  reused scratch buffer that is copied out once as ``Levels`` bytes. It only *accepts* the
+  canonical shape Binance sends (ASCII, no escapes, integer ids, documented key types);
+  anything else falls back to the general path, so the two always agree (a differential
+  fuzz test on mutated real frames checks it). Measured on real BTCUSDT frames: ~3.5 us p50
+  vs ~5 us for msgspec + the level kernel and ~25 us for msgspec lists + Python ``int``.
+* **general path** (trade, aggTrade, bookTicker, unusual depth frames, REST bodies):
+  ``msgspec`` decodes against a typed Struct, which validates the JSON and types every
+  scalar; level arrays (and bookTicker's ``b``/``a``, whose type changes per event) are
+  ``msgspec.Raw``, skipped rather than built as Python strings. Then :func:`_scan` walks the
+  frame once more and converts the prices/quantities with the same number kernel.
+* numbers: digits with an optional single ``.``, at most 8 significant decimals (trailing
+  zeros beyond are fine), no sign/exponent/NaN/whitespace inside the string, within int64;
+  level prices must be > 0.
 
 Everything that is not exactly what Binance documents raises :class:`FrameError` - one
 exception type, a clear message, never a partially-parsed message.

@@ -27,7 +27,7 @@ from kernel import PluginContext, TickbusError, hookimpl
 from schemas import BookTicker, DepthDiff, SnapshotRequest, Trade
 
 from .capture import SAMPLE, CaptureError, read_capture
-from .parse import FrameError, FrameParser
+from .parse import FrameError, FrameParser, warmup
 
 _BATCH = 2000  # records per loop iteration at full speed: heartbeats and drains still run
 
@@ -143,6 +143,7 @@ def tickbus_config_type() -> type[ReplayConfig]:
 
 @hookimpl
 def tickbus_setup(ctx: PluginContext) -> Replay:
+    warmup()  # compile (or load) the numba kernels now, not on the first frame
     replay = Replay(ctx, ctx.config)
     ctx.subscribe("md.resync.", replay.on_resync)
     return replay

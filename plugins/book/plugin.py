@@ -18,6 +18,7 @@ import msgspec
 from kernel import PluginContext, hookimpl
 from schemas import BookTop, DepthDiff, DepthSnapshot, FeedStatus, SnapshotRequest
 
+from .orderbook import warmup
 from .sync import Action, BookSync
 
 
@@ -142,6 +143,7 @@ def tickbus_config_type() -> type[BookConfig]:
 
 @hookimpl
 def tickbus_setup(ctx: PluginContext) -> Books:
+    warmup()  # compile (or load) the numba kernels now, not on the first tick
     books = Books(ctx, ctx.config)
     ctx.subscribe("md.depth.", books.on_depth)
     ctx.subscribe("md.status.", books.on_status)

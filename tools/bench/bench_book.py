@@ -3,13 +3,14 @@
 Run by hand (it is not a test)::
 
     python -m tools.bench.bench_book [--capture FILE ...] [--market spot|usdm]
-                                     [--repeat R] [--top N] [--json FILE]
+                                     [--runs N] [--repeat R] [--top N] [--json FILE]
 
 Default capture: ``shared/data/binance`` spot BTCUSDT 2024-08-08+09 (6,495 depth events,
 up to 1,076 levels) when present, else the shipped 3-minute sample.
 
-What is measured (every figure is a per-call ``perf_counter_ns`` sample, pooled over R
-replays of the whole capture; median and p99; the timer's own cost is the first row):
+What is measured (every figure is a per-call ``perf_counter_ns`` sample, pooled over the
+replays of one run; p50 and p99 per run, then the median over the runs, and the range of the
+per-run p50s as a noise indicator; the timer's own cost is the first row):
 
 * **diff apply** - one depth event applied to a live book (rebuilt from the real snapshot at
   the start of each replay), split into *small* (<= 20 levels, bids + asks) and *large*
@@ -17,8 +18,10 @@ replays of the whole capture; median and p99; the timer's own cost is the first 
   book plugin calls), ``OrderBook.apply_diff`` (pre-made ``(k, 2)`` views), the raw kernel
   forced level-wise and forced merge (why ``MERGE_MIN`` exists), and two plain-Python books
   fed the same exact int levels: ``dict`` (price -> qty) and ``sortedcontainers.SortedDict``.
-* **parse** - one raw depth frame (bytes) to a ``DepthDiff``: ``FrameParser.parse`` vs.
-  msgspec decoding the levels as ``list[tuple[str, str]]`` + Python exact conversion.
+* **parse** - one raw depth frame (bytes) to a ``DepthDiff``: ``FrameParser.parse`` (the
+  one-pass depth kernel), its general msgspec + numba path, and msgspec decoding the levels
+  as ``list[tuple[str, str]]`` + Python exact conversion; msgspec's typed decode alone (no
+  numbers converted) for scale.
 * **frame -> md.book** - the whole hot path of one depth frame: parse, ``BookSync.on_diff``,
   top-N, build the ``BookTop`` Struct. tickbus vs. the same pipeline on the dict book
   (msgspec lists, ``heapq`` top-N) and on ``SortedDict`` (ordered iteration top-N).
@@ -306,15 +309,21 @@ def bench_apply(cap: Capture, repeat: int) -> list[Series]:
 
 def bench_parse(cap: Capture, repeat: int) -> list[Series]:
     parser = FrameParser()
-    mine = Series("parse depth frame", "FrameParser.parse (msgspec Raw + numba)")
+    mine = Series("parse depth frame", "FrameParser.parse (one numba pass)")
+    general = Series("parse depth frame", "FrameParser general path (msgspec Raw + numba)")
     base = Series("parse depth frame", "msgspec list[tuple[str,str]] + Python int")
-    decode_only = Series("parse depth frame", "  (msgspec decode of the frame only)")
-    rows = [mine, base, decode_only]
+    decode_only = Series("parse depth frame", "  (msgspec typed decode of the frame only)")
+    rows = [mine, general, base, decode_only]
     for _ in range(repeat):
         for i, f in enumerate(cap.frames):
-            calls = [(parser.parse, f, 0), (parse_lists, f), (bparse._frame_decoder.decode, f)]
-            r = i % 3
-            for j in (r, (r + 1) % 3, (r + 2) % 3):
+            calls = [
+                (parser.parse, f, 0),
+                (parser._parse_general, f, 0),
+                (parse_lists, f),
+                (bparse._frame_decoder.decode, f),
+            ]
+            r = i % 4
+            for j in (r, (r + 1) % 4, (r + 2) % 4, (r + 3) % 4):
                 timed(rows[j], *calls[j])
     return rows
 
@@ -383,19 +392,38 @@ def bench_timer() -> Series:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"{'section':22s} {'variant':50s} {'n':>7s} {'p50 us':>9s} {'p99 us':>9s} {'mean':>9s}")
+    print(
+        f"{'section':20s} {'variant':48s} {'n':>7s} {'p50 us':>8s} {'p99 us':>8s} "
+        f"{'mean':>8s} {'p50 range':>14s}"
+    )
     last = None
     for r in rows:
         if r["section"] != last and last is not None:
             print()
         last = r["section"]
         if not r["n"]:
-            print(f"{r['section']:22s} {r['name']:50s} {0:7d}")
+            print(f"{r['section']:20s} {r['name']:48s} {0:7d}")
             continue
+        rng = f"{r['p50_min']:.2f}-{r['p50_max']:.2f}"
         print(
-            f"{r['section']:22s} {r['name']:50s} {r['n']:7d} "
-            f"{r['p50_us']:9.2f} {r['p99_us']:9.2f} {r['mean_us']:9.2f}"
+            f"{r['section']:20s} {r['name']:48s} {r['n']:7d} "
+            f"{r['p50_us']:8.2f} {r['p99_us']:8.2f} {r['mean_us']:8.2f} {rng:>14s}"
         )
+
+
+def combine(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per row: the median over runs of p50/p99/mean, and the p50 range (noise indicator)."""
+    out = []
+    for rows in zip(*runs, strict=True):
+        first = dict(rows[0])
+        if first["n"]:
+            for key in ("p50_us", "p99_us", "mean_us"):
+                first[key] = float(np.median([r[key] for r in rows]))
+            first["p50_min"] = min(r["p50_us"] for r in rows)
+            first["p50_max"] = max(r["p50_us"] for r in rows)
+            first["n"] = sum(r["n"] for r in rows)
+        out.append(first)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -403,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--capture", type=Path, nargs="+", help="capture file(s), one stream")
     ap.add_argument("--market", default="spot", choices=["spot", "usdm", "coinm"])
-    ap.add_argument("--repeat", type=int, default=3, help="replays of the capture")
+    ap.add_argument("--repeat", type=int, default=2, help="replays of the capture per run")
+    ap.add_argument("--runs", type=int, default=3, help="independent runs (median reported)")
     ap.add_argument("--top", type=int, default=20, help="levels per side in md.book")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args(argv)
@@ -421,17 +450,29 @@ def main(argv: list[str] | None = None) -> int:
         f"#   events after the snapshot; levels/event median {np.median(sizes):.0f}, max "
         f"{sizes.max()}; <=20: {(sizes <= SMALL).sum()}, >=500: {(sizes >= LARGE).sum()})"
     )
-    print(f"# kernels warm-up (cache load or compile): {t_warm:.2f} s; repeat={args.repeat}")
-    gc.collect()
-    series = [bench_timer()]
-    series += bench_apply(cap, args.repeat)
-    series += bench_parse(cap, args.repeat)
-    series += bench_pipeline(cap, args.repeat, args.top, args.market)
-    rows = [s.row() for s in series]
+    print(f"# warm-up (kernel cache load or compile): {t_warm:.2f} s")
+    print(f"# {args.runs} runs x {args.repeat} replays; load average before: {_load()}")
+    runs = []
+    for _ in range(args.runs):
+        gc.collect()
+        series = [bench_timer()]
+        series += bench_apply(cap, args.repeat)
+        series += bench_parse(cap, args.repeat)
+        series += bench_pipeline(cap, args.repeat, args.top, args.market)
+        runs.append([s.row() for s in series])
+    rows = combine(runs)
+    print(f"# load average after: {_load()}")
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:  # pragma: no cover - not Linux
+        return "n/a"
 
 
 if __name__ == "__main__":
