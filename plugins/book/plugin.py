@@ -75,7 +75,7 @@ class Books:
             return
         if action is Action.APPLIED or action is Action.SYNCED:
             self._requested[msg.symbol] = False
-            self._publish_top(sync, msg, True)
+            self._publish_top(sync, msg)
         elif action is Action.BUFFERED:
             if not self._requested[msg.symbol]:
                 self._request(msg.symbol, "start" if sync.stats.syncs == 0 else "resync")
@@ -83,7 +83,7 @@ class Books:
             pass
         else:  # GAP, CROSSED, SNAPSHOT_TOO_OLD: the book is not usable until a new snapshot
             if self._valid[msg.symbol]:
-                self._publish_top(sync, msg, False)
+                self._publish_top(sync, msg)
             self.ctx.log.warning(
                 "%s: %s at update %d; requesting a snapshot",
                 msg.symbol,
@@ -112,28 +112,10 @@ class Books:
             self._topics[symbol][1], SnapshotRequest(symbol, reason, self.ctx.clock.now_ns())
         )
 
-    def _publish_top(self, sync: BookSync, msg: DepthDiff | DepthSnapshot, valid: bool) -> None:
-        book = sync.book
-        bid_px, bid_qty, ask_px, ask_qty = book.best()
-        bids, asks = book.top(self.cfg.depth)
-        symbol = msg.symbol
-        self._valid[symbol] = valid
-        self._publish(
-            self._topics[symbol][0],
-            BookTop(
-                symbol,
-                sync.last_update_id if valid else -1,
-                valid,
-                bid_px,
-                bid_qty,
-                ask_px,
-                ask_qty,
-                bids,
-                asks,
-                msg.ts_exchange_ns,
-                msg.ts_recv_ns,
-            ),
-        )
+    def _publish_top(self, sync: BookSync, msg: DepthDiff | DepthSnapshot) -> None:
+        top = sync.book_top(self.cfg.depth, msg.ts_exchange_ns, msg.ts_recv_ns)
+        self._valid[msg.symbol] = top.valid
+        self._publish(self._topics[msg.symbol][0], top)
 
 
 @hookimpl

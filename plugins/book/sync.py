@@ -29,8 +29,9 @@ from collections import deque
 from dataclasses import dataclass, fields
 from typing import Literal
 
-from plugins.book.orderbook import OrderBook
 from schemas import BookTop, DepthDiff, DepthSnapshot
+
+from .orderbook import OrderBook
 
 __all__ = ["Action", "BookSync", "Market", "SyncState", "SyncStats"]
 

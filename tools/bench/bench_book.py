@@ -56,9 +56,9 @@ import numpy as np  # noqa: E402
 from plugins.binance import parse as bparse  # noqa: E402
 from plugins.binance.capture import SAMPLE, read_capture  # noqa: E402
 from plugins.binance.parse import FrameParser  # noqa: E402
-from plugins.binance.sync import Action, BookSync  # noqa: E402
 from plugins.book import orderbook as ob  # noqa: E402
 from plugins.book.orderbook import OrderBook  # noqa: E402
+from plugins.book.sync import Action, BookSync  # noqa: E402
 from schemas import BookTop, DepthDiff, DepthSnapshot  # noqa: E402
 
 try:  # optional: the strongest pure-Python sorted-map baseline

@@ -16,7 +16,7 @@ import pytest
 
 from plugins.binance.capture import SAMPLE, read_capture
 from plugins.binance.parse import FrameParser
-from plugins.binance.sync import Action, BookSync, Market
+from plugins.book.sync import Action, BookSync, Market
 from schemas import BookTicker, DepthDiff
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "binance"
@@ -135,7 +135,7 @@ t0 = time.perf_counter()
 import numba
 from plugins.binance import parse as bp
 from plugins.binance.capture import SAMPLE, read_capture
-from plugins.binance.sync import BookSync
+from plugins.book.sync import BookSync
 from plugins.book import orderbook as ob
 ob.warmup()
 bp.warmup()

@@ -19,7 +19,7 @@ import pytest
 
 from plugins.binance.capture import SAMPLE, read_capture
 from plugins.binance.parse import FrameParser
-from plugins.binance.sync import Action, BookSync, Market, SyncState
+from plugins.book.sync import Action, BookSync, Market, SyncState
 from schemas import BookTicker, DepthDiff, DepthSnapshot
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "binance"
