@@ -85,14 +85,14 @@ def tickbus_cmd(*args: str) -> list[str]:
 class SimThread:
     """An ExchangeSim on its own event loop in a thread (the kernel has its own lanes)."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, data: list[Path] | None = None, **kwargs: Any) -> None:
         from plugins.binance.capture import SAMPLE
         from tools.exchange_sim import ExchangeSim
 
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.sim = ExchangeSim([SAMPLE], **kwargs)
+        self.sim = ExchangeSim(data or [SAMPLE], **kwargs)
         self.port = asyncio.run_coroutine_threadsafe(self.sim.start(), self.loop).result(30)
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,9 +37,8 @@ def content(b: BookTop) -> tuple[Any, ...]:
             b.bids, b.asks)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def replayed() -> list[BookTop]:
-    """md.book of the clean stream (replay of the shipped sample, as fast as possible)."""
+def replay_books(files: list[Path] | None = None, market: str = "spot") -> list[BookTop]:
+    """md.book of the clean stream (replay through replay_feed -> book, as fast as possible)."""
     import shutil
     import tempfile
 
@@ -46,12 +46,15 @@ def replayed() -> list[BookTop]:
     from kernel.config import parse_config
 
     rt = tempfile.mkdtemp(prefix="tb", dir="/tmp")
+    replay_cfg: dict[str, Any] = {"speed": 0, "exit_at_end": False}
+    if files:
+        replay_cfg["files"] = [str(f) for f in files]
     cfg = parse_config(
         {
             "kernel": {"runtime_dir": rt, "clock": "replay"},
             "plugins": {
-                "book": {"depth": 5},
-                "replay_feed": {"speed": 0, "exit_at_end": False},
+                "book": {"depth": 5, "market": market},
+                "replay_feed": replay_cfg,
                 "collector": {},
             },
         }
@@ -59,14 +62,21 @@ def replayed() -> list[BookTop]:
     k = Kernel(cfg, extra_plugins={"collector": collector})
     k.start()
     replay = k.contexts["replay_feed"].component
-    end = time.monotonic() + 60
+    end = time.monotonic() + 120
     while not replay.done:
         assert time.monotonic() < end
         time.sleep(0.05)
     k.stop()
     shutil.rmtree(rt, ignore_errors=True)
-    books = k.contexts["collector"].component
-    assert replay.bad == 0 and len(books) > 1700
+    assert replay.bad == 0
+    return k.contexts["collector"].component
+
+
+@pytest.fixture(scope="module")
+def replayed() -> list[BookTop]:
+    """md.book of the shipped sample's clean stream."""
+    books = replay_books()
+    assert len(books) > 1700
     return books
 
 
@@ -75,31 +85,39 @@ def live(start_kernel) -> Iterator[Callable[..., tuple[list[BookTop], Any, SimTh
     sims: list[SimThread] = []
 
     def run(
-        *faults: str, rest_hang_s: float = 30.0, speed: float = 0, rest_timeout_s: float = 1.0
+        *faults: str,
+        rest_hang_s: float = 30.0,
+        speed: float = 0,
+        data: list[Path] | None = None,
+        market: str = "spot",
+        wait_end: bool = True,
+        **feed: Any,
     ) -> tuple[list[BookTop], Any, SimThread]:
-        sim = SimThread(speed=speed, faults=faults, rest_hang_s=rest_hang_s, retry_after_s=0)
+        sim = SimThread(data, speed=speed, faults=faults, rest_hang_s=rest_hang_s, retry_after_s=0)
         sims.append(sim)
         url = f"127.0.0.1:{sim.port}"
         k = start_kernel(
             {
                 "lanes": {"hot": {}},
                 "plugins": {
-                    "book": {"depth": 5},
+                    "book": {"depth": 5, "market": market},
                     "binance_feed": {
                         "symbols": ["BTCUSDT"],
+                        "market": market,
                         "ws_url": f"ws://{url}",
                         "rest_url": f"http://{url}",
                         "backoff_initial_s": 0.05,
                         "backoff_max_s": 0.2,
-                        "rest_timeout_s": rest_timeout_s,
+                        "rest_timeout_s": 1.0,
+                        **feed,
                     },
                     "collector": {},
                 },
             },
             extra={"collector": collector},
         )
-        end = time.monotonic() + 60
-        while not sim.finished:
+        end = time.monotonic() + 120
+        while wait_end and not sim.finished:
             assert time.monotonic() < end, "the simulator never reached the end of the capture"
             time.sleep(0.05)
         time.sleep(0.3)  # let the last frames and the end-of-data close arrive
@@ -168,3 +186,37 @@ def test_rest_timeout_is_retried(live, replayed) -> None:
     books, k, _ = live("rest:timeout:1", rest_hang_s=2.0, speed=30, rest_timeout_s=0.5)
     check_against_replay(books, replayed)
     assert k.contexts["binance_feed"].component.stats["rest_errors"] >= 1
+
+
+def test_stale_feed_watchdog_reconnects(live) -> None:
+    # at 1/50 of real time the recorded gaps between frames exceed stale_after_s now and then
+    _, k, _ = live(speed=0.02, wait_end=False, stale_after_s=0.3)
+    feed = k.contexts["binance_feed"].component
+    end = time.monotonic() + 20
+    while feed.stats["stale"] < 1:
+        assert time.monotonic() < end, f"no stale reconnect: {feed.stats}"
+        time.sleep(0.05)
+    assert feed.stats["connects"] >= 2 or feed.stats["disconnects"] >= 1
+
+
+def test_connection_is_renewed_before_the_24h_limit(live) -> None:
+    # max_connection_s stands in for Binance's 24 hours
+    _, k, _ = live(speed=1, wait_end=False, max_connection_s=0.5)
+    feed = k.contexts["binance_feed"].component
+    end = time.monotonic() + 20
+    while feed.stats["connects"] < 3:
+        assert time.monotonic() < end, f"connection not renewed: {feed.stats}"
+        time.sleep(0.05)
+
+
+USDM = Path(__file__).resolve().parents[4] / "shared/data/binance/hftbacktest/examples/usdm"
+
+
+@pytest.mark.skipif(not USDM.exists(), reason="../shared/data not present")
+def test_usdm_live_path_matches_its_replay(live) -> None:
+    files = [USDM / "ethusdt_20240808.gz"]  # its first applied event has u == lastUpdateId
+    reference = replay_books(files, market="usdm")
+    books, k, _ = live(
+        speed=0, data=files, market="usdm", symbols=["ETHUSDT"], depth_interval="0ms"
+    )
+    check_against_replay(books, reference)
