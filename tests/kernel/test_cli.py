@@ -278,10 +278,34 @@ def test_sniffer_sees_messages_by_topic_prefix(plugin_site: Path, tmp_path: Path
         assert proc.wait(10) == 0
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
 def test_a_plugin_in_another_process_joins_the_bus(
-    plugin_site: Path, tmp_path: Path, rt: Path
+    transport: str, plugin_site: Path, tmp_path: Path, rt: Path
 ) -> None:
-    host = start_run(running_config(tmp_path, rt), plugin_site)
+    if transport == "ipc":
+        pub, sub, tap = (f"ipc://{rt}/{n}" for n in ("bus-pub", "bus-sub", "tap-pub"))
+        listen = ""
+    else:
+        pub, sub, tap = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
+        listen = (
+            f'[bus]\nlisten_pub = ["{pub}"]\nlisten_sub = ["{sub}"]\nlisten_tap_pub = ["{tap}"]'
+        )
+    fills = tmp_path / "fills.json"
+    extra = f"""
+[plugins.fills]
+plugin = "tb_recorder"
+lane = "cold"
+prefix = "exec."
+out = "{fills}"
+{listen}
+"""
+    host = start_run(running_config(tmp_path, rt, extra), plugin_site)
     try:
         wait_ready(rt, host)
         remote_dir = tmp_path / "remote"
@@ -293,20 +317,46 @@ def test_a_plugin_in_another_process_joins_the_bus(
 name = "remote"
 runtime_dir = "{rt}/r"
 [bus]
-join_pub = "ipc://{rt}/bus-pub"
-join_sub = "ipc://{rt}/bus-sub"
+join_pub = "{pub}"
+join_sub = "{sub}"
+join_tap = "{tap}"
 [plugins.tb_recorder]
 prefix = "md.trade"
 out = "{remote_dir / "rec.json"}"
+[plugins.tb_producer]
+kind = "fill"
+topic = "exec.fill"
+count = 0
+chunk = 20
+period_ms = 2
 """,
         )
         remote = start_run(cfg, plugin_site)
-        time.sleep(1.5)
+        sniff = run_cli(
+            [
+                "sniff",
+                "--endpoint",
+                f"ipc://{rt}/tap",
+                "--topic",
+                "exec.",
+                "--json",
+                "--count",
+                "3",
+            ],
+            None,
+        )
+        assert sniff.returncode == 0, sniff.stderr
+        assert {json.loads(line)["type"] for line in sniff.stdout.splitlines()} == {"Fill"}
+        time.sleep(1.0)
         remote.send_signal(signal.SIGTERM)
         assert remote.wait(10) == 0, remote.stderr.read() if remote.stderr else ""
     finally:
         host.send_signal(signal.SIGTERM)
-        host.wait(10)
+        assert host.wait(10) == 0
     ids = json.loads((remote_dir / "rec.json").read_text())["ids"]
     assert len(ids) > 500
     assert ids == list(range(ids[0], ids[0] + len(ids))), "remote subscriber missed messages"
+    got = json.loads(fills.read_text())["ids"]
+    assert len(got) > 300
+    # the remote lane learnt the host's subscriptions before it started: not even the first is lost
+    assert got == list(range(len(got))), "the host missed remote fills"
