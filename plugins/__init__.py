@@ -1,0 +1,1 @@
+"""Built-in tickbus plugins: one package each, registered as entry points like any other."""
