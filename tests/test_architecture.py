@@ -51,3 +51,14 @@ def test_every_builtin_plugin_is_an_entry_point() -> None:
     eps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
     for value in eps["tickbus"].values():
         assert (ROOT / (value.replace(".", "/") + ".py")).exists(), value
+
+
+@pytest.mark.parametrize("package", ["kernel", "plugins", "schemas", "tools"])
+def test_every_folder_is_a_regular_package(package: str) -> None:
+    """setuptools' find() skips folders without __init__.py: a non-editable install would
+    silently lose them."""
+    for path in modules(package):
+        folder = path.parent
+        while folder != ROOT:
+            assert (folder / "__init__.py").exists(), f"{folder} has no __init__.py"
+            folder = folder.parent
