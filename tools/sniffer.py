@@ -98,10 +98,11 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="take the runtime dir / tap from this config file")
     p.add_argument(
         "--topic",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="PREFIX",
-        help="topic prefix (repeatable; default: all)",
+        help="topic prefixes, e.g. --topic md.book exec. (repeatable; default: everything)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--count", type=int, default=0, metavar="N", help="exit after N messages")

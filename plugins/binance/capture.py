@@ -10,7 +10,10 @@ Three on-disk formats are understood (see ``shared/data/binance/SOURCES.md`` sec
   ``configuration: {...}`` lines are metadata.
 * **cryptofeed single file**: the same line kinds interleaved in one file.
 
-:func:`read_capture` turns any mix of these files into one time-ordered stream of :class:`Record`.
+:func:`read_capture` turns any mix of these files into one time-ordered stream of :class:`Record`,
+validating every line. :func:`read_frames` is the replay's fast variant: plain tuples, and the
+JSON of hftbacktest ws lines is *not* validated (the frame parser does that), so an unreadable
+line becomes a ``"bad"`` item instead of an error.
 :class:`CaptureWriter` writes the hftbacktest 2024 format (the one a ``tickbus record`` tool emits).
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import functools
 import gzip
 import heapq
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -31,7 +35,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
-__all__ = ["SAMPLE", "CaptureError", "CaptureWriter", "Record", "read_capture"]
+__all__ = [
+    "SAMPLE",
+    "CaptureError",
+    "CaptureWriter",
+    "Frame",
+    "Record",
+    "read_capture",
+    "read_frames",
+]
 
 #: The small real capture shipped with tickbus (first ~3 minutes of hftbacktest's spot BTCUSDT
 #: 2024-08-08 file, REST snapshot included) so a fresh clone can replay and test without ../shared.
@@ -258,49 +270,67 @@ def _read_cf(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[Record]
         raise CaptureError(f"{path}:{lineno}: not a cryptofeed capture line: {_sample(line)}")
 
 
-def _read_file(path: Path) -> Iterator[Record]:
-    """Records of one file, in file order (format auto-detected on the first non-blank line)."""
+def _line_chunks(path: Path, fh: IO[bytes]) -> Iterator[tuple[int, list[bytes]]]:
+    """``(number of the first line, lines)`` per 1 MiB of text: lines without their EOL, blank
+    ones included (callers skip them). A readline() per line costs ~3 us through gzip, a
+    1 MiB split in C next to nothing."""
+    lineno = 1
+    rest = b""
+    try:
+        while True:
+            chunk = fh.read(1 << 20)
+            if not chunk:
+                break
+            text = rest + chunk
+            lines = text.split(b"\n")
+            rest = lines.pop()
+            if b"\r" in text:
+                lines = [raw[:-1] if raw.endswith(b"\r") else raw for raw in lines]
+            yield lineno, lines
+            lineno += len(lines)
+    except (OSError, EOFError) as exc:  # truncated / corrupt gzip
+        raise CaptureError(f"{path}: unreadable capture: {exc}") from exc
+    rest = _strip_eol(rest)
+    if rest:
+        yield lineno, [rest]
+
+
+def _numbered(chunks: Iterator[tuple[int, list[bytes]]]) -> Iterator[tuple[int, bytes]]:
+    """Non-blank lines with their numbers."""
+    for base, lines in chunks:
+        for lineno, raw in enumerate(lines, base):
+            if raw and not raw.isspace():  # blank lines (file tails) carry nothing
+                yield lineno, raw
+
+
+def _open(path: Path) -> tuple[IO[bytes], str | None, Iterator[tuple[int, list[bytes]]]]:
+    """Open a capture and detect its format on the first non-blank line: ``(file, "hft" |
+    "cf" | None for a file without one, all its line chunks)``. The caller closes the file."""
     try:
         fh = _open_lines(path)
     except OSError as exc:
         raise CaptureError(f"{path}: cannot open capture: {exc}") from exc
+    try:
+        chunks = _line_chunks(path, fh)
+        seen: list[tuple[int, list[bytes]]] = []
+        for base, lines in chunks:
+            seen.append((base, lines))
+            for lineno, raw in enumerate(lines, base):
+                if raw and not raw.isspace():
+                    return fh, _detect(path, raw, lineno), itertools.chain(seen, chunks)
+    except BaseException:
+        fh.close()
+        raise
+    return fh, None, iter(())
+
+
+def _read_file(path: Path) -> Iterator[Record]:
+    """Records of one file, in file order (format auto-detected on the first non-blank line)."""
+    fh, fmt, chunks = _open(path)
     with fh:
-
-        def numbered() -> Iterator[tuple[int, bytes]]:
-            # 1 MiB chunks split in C: a readline() per line costs ~3 us through gzip
-            lineno = 0
-            rest = b""
-            try:
-                while True:
-                    chunk = fh.read(1 << 20)
-                    if not chunk:
-                        break
-                    lines = (rest + chunk).split(b"\n")
-                    rest = lines.pop()
-                    for raw in lines:
-                        lineno += 1
-                        if raw.endswith(b"\r"):
-                            raw = raw[:-1]
-                        if raw and not raw.isspace():  # blank lines (file tails) carry nothing
-                            yield lineno, raw
-            except (OSError, EOFError) as exc:  # truncated / corrupt gzip
-                raise CaptureError(f"{path}: unreadable capture: {exc}") from exc
-            rest = _strip_eol(rest)
-            if rest and not rest.isspace():
-                yield lineno + 1, rest
-
-        it = numbered()
-        first = next(it, None)
-        if first is None:
-            return
-        fmt = _detect(path, first[1], first[0])
-
-        def chained() -> Iterator[tuple[int, bytes]]:
-            yield first
-            yield from it
-
-        reader = _read_hft if fmt == "hft" else _read_cf
-        yield from reader(path, chained())
+        if fmt is not None:
+            reader = _read_hft if fmt == "hft" else _read_cf
+            yield from reader(path, _numbered(chunks))
 
 
 def read_capture(*paths: str | os.PathLike[str]) -> Iterator[Record]:
@@ -321,6 +351,154 @@ def read_capture(*paths: str | os.PathLike[str]) -> Iterator[Record]:
         return
     # heapq.merge is stable across inputs: ties come out in argument order.
     yield from heapq.merge(*(_read_file(f) for f in files), key=lambda r: r.ts_ns)
+
+
+Frame = tuple[int, str, str | None, bytes]
+"""An item of :func:`read_frames`: ``(ts_ns, kind, symbol, payload)``.
+
+``kind`` ``"ws"`` / ``"rest"``: ``symbol`` and ``payload`` as in :class:`Record`. ``"bad"``: a
+line the reader could not read; ``symbol`` says why (file, line, reason), ``payload`` is the
+line, ``ts_ns`` the time of the file's previous good line (0 before the first one)."""
+
+_WS_HEAD = b' {"stream":"'  # what follows a 19-digit timestamp on an hftbacktest ws line
+_TS_LEN = 19
+_STREAM_AT = _TS_LEN + len(_WS_HEAD)
+_MAX_STREAMS = 4096  # a per-file cache of stream -> symbol; garbage streams cannot grow it
+
+
+def _frames_hft(path: Path, chunks: Iterator[tuple[int, list[bytes]]]) -> Iterator[Frame]:
+    """hftbacktest lines -> frames, like :func:`_read_hft` but without validating ws JSON.
+
+    A line ``<19 digits> {"stream":"<name>"...`` whose stream name was seen before costs a few
+    slices: its symbol comes from a per-file cache. Every other line (first line of a stream,
+    REST bodies, µs timestamps, anything odd) takes the validating path, whose errors become
+    ``"bad"`` frames. Only the file-level errors of :func:`read_capture` remain errors:
+    unreadable gzip, and a REST snapshot that several symbols make ambiguous."""
+    streams: dict[bytes, str | None] = {}  # stream name bytes -> symbol (ws lines seen)
+    ws_symbols: set[str] = set()
+    pending: list[Frame] = []  # REST lines seen before the first ws frame
+    unnamed_rest: int | None = None  # line of a REST record whose symbol we inferred
+    ts = 0
+    head, at, n_ts = _WS_HEAD, _STREAM_AT, _TS_LEN
+    miss = streams  # a sentinel no symbol can be
+
+    def check_single(lineno: int) -> None:
+        if len(ws_symbols) > 1 and unnamed_rest is not None:
+            raise CaptureError(
+                f"{path}:{lineno}: hftbacktest file has several symbols "
+                f"({', '.join(sorted(ws_symbols))}) so the REST snapshot at line "
+                f"{unnamed_rest} cannot be attributed to one"
+            )
+
+    for base, lines in chunks:
+        for lineno, raw in enumerate(lines, base):
+            # ---- the hot path: a ws line of a known stream
+            if raw.startswith(head, n_ts):
+                end = raw.find(b'"', at)
+                sym = streams.get(raw[at:end], miss) if end > 0 else miss
+                if sym is not miss and raw[:n_ts].isdigit():
+                    ts = int(raw[:n_ts])
+                    yield ts, "ws", sym, raw[n_ts + 1 :]
+                    continue
+            # ---- everything else: the validating path
+            if not raw or raw.isspace():
+                continue
+            try:
+                rec = _hft_record(path, lineno, raw)
+            except CaptureError as err:
+                yield ts, "bad", str(err), raw
+                continue
+            ts = rec.ts_ns
+            if rec.kind == "ws":
+                assert rec.stream is not None
+                key = rec.stream.encode()
+                if (
+                    raw.startswith(head, n_ts)
+                    and raw.find(b'"', at) == at + len(key)
+                    and raw.startswith(key, at)
+                    and len(streams) < _MAX_STREAMS
+                ):
+                    streams[key] = rec.symbol  # the fast path reads this stream the same way
+                if rec.symbol is not None and rec.symbol not in ws_symbols:
+                    ws_symbols.add(rec.symbol)
+                    check_single(lineno)
+                if pending:
+                    sym = next(iter(ws_symbols), None)
+                    for p in pending:
+                        yield p[0], p[1], sym, p[3]
+                    pending.clear()
+                yield ts, "ws", rec.symbol, rec.payload
+            elif rec.symbol is not None:
+                yield ts, "rest", rec.symbol, rec.payload
+            else:
+                unnamed_rest = lineno
+                check_single(lineno)
+                if ws_symbols:
+                    yield ts, "rest", next(iter(ws_symbols)), rec.payload
+                else:
+                    pending.append((ts, "rest", None, rec.payload))
+                    streams.clear()  # so that the next ws line takes this path and flushes
+    # A file of REST lines only: nothing to infer the symbol from.
+    yield from pending
+
+
+def _frames_file(path: Path) -> Iterator[Frame]:
+    """Frames of one file, in file order."""
+    fh, fmt, chunks = _open(path)
+    with fh:
+        if fmt == "hft":
+            yield from _frames_hft(path, chunks)
+        elif fmt == "cf":  # cryptofeed captures (small, old) keep the validating reader
+            for r in _read_cf(path, _numbered(chunks)):
+                yield r.ts_ns, r.kind, r.symbol, r.payload
+
+
+def _merge(its: list[Iterator[Frame]]) -> Iterator[Frame]:
+    """Merge time-ordered streams by ``ts_ns``; ties keep the order of ``its``.
+
+    Gallops: after taking an item it keeps taking from the same stream while that stays
+    before the others' next item, so captures that follow each other (one file per day)
+    merge at almost no cost per item."""
+    heap: list[tuple[int, int, Frame, Iterator[Frame]]] = []
+    for order, it in enumerate(its):
+        for item in it:
+            heap.append((item[0], order, item, it))
+            break
+    heapq.heapify(heap)
+    while len(heap) > 1:
+        _, order, item, it = heapq.heappop(heap)
+        bound, bound_order = heap[0][0], heap[0][1]
+        yield item
+        for item in it:
+            ts = item[0]
+            if ts < bound or (ts == bound and order < bound_order):
+                yield item
+            else:
+                heapq.heappush(heap, (ts, order, item, it))
+                break
+    if heap:
+        yield heap[0][2]
+        yield from heap[0][3]
+
+
+def read_frames(*paths: str | os.PathLike[str]) -> Iterator[Frame]:
+    """The replay's reader: like :func:`read_capture`, but yields :data:`Frame` tuples and
+    does not validate the JSON of hftbacktest ws lines (the frame parser validates every
+    frame anyway). A line it cannot read - a bad timestamp, a REST body that is not JSON -
+    becomes a ``"bad"`` frame instead of an error, so the replay can count and skip it.
+    Errors that concern a whole file still raise :class:`CaptureError`: missing, unreadable
+    (truncated gzip), no known format on its first line, an ambiguous REST snapshot.
+    cryptofeed files are read with the validating reader."""
+    if not paths:
+        raise ValueError("read_frames() needs at least one path")
+    files = [Path(p) for p in paths]
+    for f in files:
+        if not f.is_file():
+            raise CaptureError(f"{f}: no such capture file")
+    if len(files) == 1:
+        yield from _frames_file(files[0])
+    else:
+        yield from _merge([_frames_file(f) for f in files])
 
 
 class CaptureWriter:

@@ -271,7 +271,9 @@ def test_sniffer_sees_messages_by_topic_prefix(plugin_site: Path, tmp_path: Path
             for ln in hb.stdout.splitlines()
         )
 
-        none = run_cli(["sniff", "--endpoint", ep, "--topic", "exec.", "--timeout", "0.5"], None)
+        none = run_cli(
+            ["sniff", "--endpoint", ep, "--topic", "exec.", "ord.", "--timeout", "0.5"], None
+        )
         assert none.returncode == 1 and none.stdout == ""
     finally:
         proc.send_signal(signal.SIGTERM)
