@@ -24,7 +24,9 @@ import gzip
 import heapq
 import itertools
 import os
+import queue
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -270,7 +272,7 @@ def _read_cf(path: Path, lines: Iterator[tuple[int, bytes]]) -> Iterator[Record]
         raise CaptureError(f"{path}:{lineno}: not a cryptofeed capture line: {_sample(line)}")
 
 
-def _line_chunks(path: Path, fh: IO[bytes]) -> Iterator[tuple[int, list[bytes]]]:
+def _line_chunks(path: Path, fh: IO[bytes] | _ReadAhead) -> Iterator[tuple[int, list[bytes]]]:
     """``(number of the first line, lines)`` per 1 MiB of text: lines without their EOL, blank
     ones included (callers skip them). A readline() per line costs ~3 us through gzip, a
     1 MiB split in C next to nothing."""
@@ -303,13 +305,75 @@ def _numbered(chunks: Iterator[tuple[int, list[bytes]]]) -> Iterator[tuple[int, 
                 yield lineno, raw
 
 
-def _open(path: Path) -> tuple[IO[bytes], str | None, Iterator[tuple[int, list[bytes]]]]:
+class _ReadAhead:
+    """A gzip capture decompressed ahead in a thread of its own (zlib releases the GIL, so it
+    runs beside the replay on another core): ``read()`` returns the next 1 MiB chunk.
+    ``close()`` stops the thread and closes the file."""
+
+    def __init__(self, fh: IO[bytes], path: Path, size: int = 1 << 20, ahead: int = 4) -> None:
+        self._fh = fh
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(ahead)
+        self._stop = False
+        self._eof = False
+        self._thread = threading.Thread(
+            target=self._work, args=(size,), name=f"read-ahead {path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _work(self, size: int) -> None:
+        try:
+            while not self._stop:
+                chunk = self._fh.read(size)
+                self._put(chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:  # handed to the reader, raised there
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop:
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, size: int = -1) -> bytes:
+        """The next chunk (``size`` is ignored), ``b""`` at the end."""
+        if self._eof:
+            return b""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._eof = True
+            raise item
+        if not item:
+            self._eof = True
+        return item
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join()
+        self._fh.close()
+
+    def __enter__(self) -> _ReadAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open(
+    path: Path, read_ahead: bool = False
+) -> tuple[IO[bytes] | _ReadAhead, str | None, Iterator[tuple[int, list[bytes]]]]:
     """Open a capture and detect its format on the first non-blank line: ``(file, "hft" |
-    "cf" | None for a file without one, all its line chunks)``. The caller closes the file."""
+    "cf" | None for a file without one, all its line chunks)``. The caller closes the file.
+    ``read_ahead``: decompress a gzip file in a thread (:class:`_ReadAhead`)."""
     try:
-        fh = _open_lines(path)
+        fh: IO[bytes] | _ReadAhead = _open_lines(path)
     except OSError as exc:
         raise CaptureError(f"{path}: cannot open capture: {exc}") from exc
+    if read_ahead and isinstance(fh, gzip.GzipFile):
+        fh = _ReadAhead(fh, path)
     try:
         chunks = _line_chunks(path, fh)
         seen: list[tuple[int, list[bytes]]] = []
@@ -366,91 +430,87 @@ _STREAM_AT = _TS_LEN + len(_WS_HEAD)
 _MAX_STREAMS = 4096  # a per-file cache of stream -> symbol; garbage streams cannot grow it
 
 
-def _frames_hft(path: Path, chunks: Iterator[tuple[int, list[bytes]]]) -> Iterator[Frame]:
-    """hftbacktest lines -> frames, like :func:`_read_hft` but without validating ws JSON.
+def _frames_file(path: Path) -> Iterator[Frame]:
+    """Frames of one file, in file order: hftbacktest lines like :func:`_read_hft` but without
+    validating ws JSON; cryptofeed lines with the validating reader (small, old captures).
 
     A line ``<19 digits> {"stream":"<name>"...`` whose stream name was seen before costs a few
     slices: its symbol comes from a per-file cache. Every other line (first line of a stream,
     REST bodies, µs timestamps, anything odd) takes the validating path, whose errors become
     ``"bad"`` frames. Only the file-level errors of :func:`read_capture` remain errors:
     unreadable gzip, and a REST snapshot that several symbols make ambiguous."""
-    streams: dict[bytes, str | None] = {}  # stream name bytes -> symbol (ws lines seen)
-    ws_symbols: set[str] = set()
-    pending: list[Frame] = []  # REST lines seen before the first ws frame
-    unnamed_rest: int | None = None  # line of a REST record whose symbol we inferred
-    ts = 0
-    head, at, n_ts = _WS_HEAD, _STREAM_AT, _TS_LEN
-    miss = streams  # a sentinel no symbol can be
-
-    def check_single(lineno: int) -> None:
-        if len(ws_symbols) > 1 and unnamed_rest is not None:
-            raise CaptureError(
-                f"{path}:{lineno}: hftbacktest file has several symbols "
-                f"({', '.join(sorted(ws_symbols))}) so the REST snapshot at line "
-                f"{unnamed_rest} cannot be attributed to one"
-            )
-
-    for base, lines in chunks:
-        for lineno, raw in enumerate(lines, base):
-            # ---- the hot path: a ws line of a known stream
-            if raw.startswith(head, n_ts):
-                end = raw.find(b'"', at)
-                sym = streams.get(raw[at:end], miss) if end > 0 else miss
-                if sym is not miss and raw[:n_ts].isdigit():
-                    ts = int(raw[:n_ts])
-                    yield ts, "ws", sym, raw[n_ts + 1 :]
-                    continue
-            # ---- everything else: the validating path
-            if not raw or raw.isspace():
-                continue
-            try:
-                rec = _hft_record(path, lineno, raw)
-            except CaptureError as err:
-                yield ts, "bad", str(err), raw
-                continue
-            ts = rec.ts_ns
-            if rec.kind == "ws":
-                assert rec.stream is not None
-                key = rec.stream.encode()
-                if (
-                    raw.startswith(head, n_ts)
-                    and raw.find(b'"', at) == at + len(key)
-                    and raw.startswith(key, at)
-                    and len(streams) < _MAX_STREAMS
-                ):
-                    streams[key] = rec.symbol  # the fast path reads this stream the same way
-                if rec.symbol is not None and rec.symbol not in ws_symbols:
-                    ws_symbols.add(rec.symbol)
-                    check_single(lineno)
-                if pending:
-                    sym = next(iter(ws_symbols), None)
-                    for p in pending:
-                        yield p[0], p[1], sym, p[3]
-                    pending.clear()
-                yield ts, "ws", rec.symbol, rec.payload
-            elif rec.symbol is not None:
-                yield ts, "rest", rec.symbol, rec.payload
-            else:
-                unnamed_rest = lineno
-                check_single(lineno)
-                if ws_symbols:
-                    yield ts, "rest", next(iter(ws_symbols)), rec.payload
-                else:
-                    pending.append((ts, "rest", None, rec.payload))
-                    streams.clear()  # so that the next ws line takes this path and flushes
-    # A file of REST lines only: nothing to infer the symbol from.
-    yield from pending
-
-
-def _frames_file(path: Path) -> Iterator[Frame]:
-    """Frames of one file, in file order."""
-    fh, fmt, chunks = _open(path)
+    fh, fmt, chunks = _open(path, read_ahead=True)
     with fh:
-        if fmt == "hft":
-            yield from _frames_hft(path, chunks)
-        elif fmt == "cf":  # cryptofeed captures (small, old) keep the validating reader
+        if fmt == "cf":
             for r in _read_cf(path, _numbered(chunks)):
                 yield r.ts_ns, r.kind, r.symbol, r.payload
+        elif fmt == "hft":
+            streams: dict[bytes, str | None] = {}  # stream name bytes -> symbol (ws lines seen)
+            ws_symbols: set[str] = set()
+            pending: list[Frame] = []  # REST lines seen before the first ws frame
+            unnamed_rest: int | None = None  # line of a REST record whose symbol we inferred
+            ts = 0
+            head, at, n_ts = _WS_HEAD, _STREAM_AT, _TS_LEN
+            miss = streams  # a sentinel no symbol can be
+
+            def check_single(lineno: int) -> None:
+                if len(ws_symbols) > 1 and unnamed_rest is not None:
+                    raise CaptureError(
+                        f"{path}:{lineno}: hftbacktest file has several symbols "
+                        f"({', '.join(sorted(ws_symbols))}) so the REST snapshot at line "
+                        f"{unnamed_rest} cannot be attributed to one"
+                    )
+
+            for base, lines in chunks:
+                for lineno, raw in enumerate(lines, base):
+                    # ---- the hot path: a ws line of a known stream
+                    if raw.startswith(head, n_ts):
+                        end = raw.find(b'"', at)
+                        sym = streams.get(raw[at:end], miss) if end > 0 else miss
+                        if sym is not miss and (digits := raw[:n_ts]).isdigit():
+                            ts = int(digits)
+                            yield ts, "ws", sym, raw[n_ts + 1 :]
+                            continue
+                    # ---- everything else: the validating path
+                    if not raw or raw.isspace():
+                        continue
+                    try:
+                        rec = _hft_record(path, lineno, raw)
+                    except CaptureError as err:
+                        yield ts, "bad", str(err), raw
+                        continue
+                    ts = rec.ts_ns
+                    if rec.kind == "ws":
+                        assert rec.stream is not None
+                        key = rec.stream.encode()
+                        if (
+                            raw.startswith(head, n_ts)
+                            and raw.find(b'"', at) == at + len(key)
+                            and raw.startswith(key, at)
+                            and len(streams) < _MAX_STREAMS
+                        ):
+                            streams[key] = rec.symbol  # the fast path reads it alike
+                        if rec.symbol is not None and rec.symbol not in ws_symbols:
+                            ws_symbols.add(rec.symbol)
+                            check_single(lineno)
+                        if pending:
+                            sym = next(iter(ws_symbols), None)
+                            for p in pending:
+                                yield p[0], p[1], sym, p[3]
+                            pending.clear()
+                        yield ts, "ws", rec.symbol, rec.payload
+                    elif rec.symbol is not None:
+                        yield ts, "rest", rec.symbol, rec.payload
+                    else:
+                        unnamed_rest = lineno
+                        check_single(lineno)
+                        if ws_symbols:
+                            yield ts, "rest", next(iter(ws_symbols)), rec.payload
+                        else:
+                            pending.append((ts, "rest", None, rec.payload))
+                            streams.clear()  # so that the next ws line takes this path and flushes
+            # A file of REST lines only: nothing to infer the symbol from.
+            yield from pending
 
 
 def _merge(its: list[Iterator[Frame]]) -> Iterator[Frame]:
@@ -488,7 +548,8 @@ def read_frames(*paths: str | os.PathLike[str]) -> Iterator[Frame]:
     becomes a ``"bad"`` frame instead of an error, so the replay can count and skip it.
     Errors that concern a whole file still raise :class:`CaptureError`: missing, unreadable
     (truncated gzip), no known format on its first line, an ambiguous REST snapshot.
-    cryptofeed files are read with the validating reader."""
+    cryptofeed files are read with the validating reader. Unlike :func:`read_capture`, the
+    paths are checked when it is called; the files are opened on the first ``next()``."""
     if not paths:
         raise ValueError("read_frames() needs at least one path")
     files = [Path(p) for p in paths]
@@ -496,9 +557,8 @@ def read_frames(*paths: str | os.PathLike[str]) -> Iterator[Frame]:
         if not f.is_file():
             raise CaptureError(f"{f}: no such capture file")
     if len(files) == 1:
-        yield from _frames_file(files[0])
-    else:
-        yield from _merge([_frames_file(f) for f in files])
+        return _frames_file(files[0])
+    return _merge([_frames_file(f) for f in files])
 
 
 class CaptureWriter:

@@ -18,7 +18,9 @@ in the file, if there is one (logged once).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -26,7 +28,7 @@ import msgspec
 from kernel import PluginContext, TickbusError, hookimpl
 from schemas import BookTicker, DepthDiff, SnapshotRequest, Trade
 
-from .capture import SAMPLE, CaptureError, read_capture
+from .capture import SAMPLE, CaptureError, Frame, read_frames
 from .parse import FrameError, FrameParser, warmup
 
 _BATCH = 2000  # records per loop iteration at full speed: heartbeats and drains still run
@@ -62,7 +64,7 @@ class Replay:
         self.bad = 0
         self.done = False
         self._wanted = {s.upper() for s in cfg.symbols}
-        self._topics: dict[tuple[type, str], str] = {}
+        self._topics: dict[type, dict[str, str]] = {DepthDiff: {}, Trade: {}, BookTicker: {}}
         self._bad_kinds: set[str] = set()
         self._warned_resync = False
 
@@ -77,11 +79,9 @@ class Replay:
             )
 
     def _topic(self, msg: DepthDiff | Trade | BookTicker) -> str:
-        key = (type(msg), msg.symbol)
-        topic = self._topics.get(key)
-        if topic is None:
-            family = {DepthDiff: "md.depth", Trade: "md.trade", BookTicker: "md.ticker"}
-            topic = self._topics[key] = f"{family[type(msg)]}.{msg.symbol}"
+        family = {DepthDiff: "md.depth", Trade: "md.trade", BookTicker: "md.ticker"}
+        topic = f"{family[type(msg)]}.{msg.symbol}"
+        self._topics[type(msg)][msg.symbol] = topic
         return topic
 
     def _skip(self, why: str, sample: bytes) -> None:
@@ -94,46 +94,98 @@ class Replay:
     async def run(self) -> None:
         """Play the files to the end (or until the task is cancelled)."""
         ctx, cfg = self.ctx, self.cfg
-        publish = ctx.publish
-        parse, parse_snapshot = self.parser.parse, self.parser.parse_snapshot
-        advance = getattr(ctx.clock, "advance", None)
-        wanted = self._wanted
-        topic_of = self._topic
-        t0_rec = t0_wall = 0.0
-        n = 0
         try:
-            for rec in read_capture(*self.files):
-                if wanted and rec.symbol not in wanted:
-                    continue
-                ts = rec.ts_ns
-                if cfg.speed:
-                    if not t0_wall:
-                        t0_rec, t0_wall = ts, time.monotonic()
-                    delay = t0_wall + (ts - t0_rec) / 1e9 / cfg.speed - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                elif n % _BATCH == _BATCH - 1:
-                    await asyncio.sleep(0)
-                n += 1
-                if advance is not None:
-                    advance(ts)
-                try:
-                    if rec.kind == "ws":
-                        msg = parse(rec.payload, ts)
-                        publish(topic_of(msg), msg)
-                    else:
-                        snap = parse_snapshot(rec.payload, rec.symbol, ts)
-                        publish(f"md.depth.{snap.symbol}", snap)
-                except FrameError as err:
-                    self._skip(str(err), rec.payload)
-                    continue
-                self.frames += 1
+            frames = read_frames(*self.files)
+            if cfg.speed:
+                await self._play(frames, cfg.speed)
+            else:
+                await self._play_fast(frames)
         except CaptureError as err:
             ctx.log.error("replay stopped: %s", err)
         self.done = True
         ctx.log.info("replay finished: %d frames published, %d skipped", self.frames, self.bad)
         if cfg.exit_at_end:
             ctx.request_shutdown("replay finished")
+
+    def _other(self, ts: int, kind: str, symbol: str | None, payload: bytes) -> None:
+        """A REST snapshot, or a line the reader could not read."""
+        if kind == "bad":
+            self._skip(f"unreadable capture line: {symbol}", payload)
+            return
+        if self._wanted and symbol not in self._wanted:
+            return
+        advance = getattr(self.ctx.clock, "advance", None)
+        if advance is not None:
+            advance(ts)
+        try:
+            snap = self.parser.parse_snapshot(payload, symbol, ts)
+        except FrameError as err:
+            self._skip(str(err), payload)
+            return
+        self.ctx.publish(f"md.depth.{snap.symbol}", snap)
+        self.frames += 1
+
+    async def _play_fast(self, frames: Iterator[Frame]) -> None:
+        """As fast as possible: the hot loop, ``_BATCH`` frames between yields to the loop."""
+        publish = self.ctx.publish
+        parse = self.parser.parse
+        advance = getattr(self.ctx.clock, "advance", None) or _no_clock
+        wanted = self._wanted
+        topics = self._topics
+        batch = itertools.islice
+        while True:
+            n = published = 0
+            try:
+                for ts, kind, symbol, payload in batch(frames, _BATCH):
+                    n += 1
+                    if kind != "ws":
+                        self._other(ts, kind, symbol, payload)
+                        continue
+                    if wanted and symbol not in wanted:
+                        continue
+                    advance(ts)
+                    try:
+                        msg = parse(payload, ts)
+                    except FrameError as err:
+                        self._skip(str(err), payload)
+                        continue
+                    publish(topics[type(msg)].get(msg.symbol) or self._topic(msg), msg)
+                    published += 1
+            finally:
+                self.frames += published
+            if n < _BATCH:
+                return
+            await asyncio.sleep(0)  # heartbeats, drains, other plugins of the lane
+
+    async def _play(self, frames: Iterator[Frame], speed: float) -> None:
+        """Paced: frames go out at their recorded times, ``speed`` x faster."""
+        t0_rec = t0_wall = 0.0
+        for ts, kind, symbol, payload in frames:
+            if kind != "bad":
+                if self._wanted and symbol not in self._wanted:
+                    continue
+                if not t0_wall:
+                    t0_rec, t0_wall = ts, time.monotonic()
+                delay = t0_wall + (ts - t0_rec) / 1e9 / speed - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if kind != "ws":
+                self._other(ts, kind, symbol, payload)
+                continue
+            advance = getattr(self.ctx.clock, "advance", None)
+            if advance is not None:
+                advance(ts)
+            try:
+                msg = self.parser.parse(payload, ts)
+            except FrameError as err:
+                self._skip(str(err), payload)
+                continue
+            self.ctx.publish(self._topics[type(msg)].get(msg.symbol) or self._topic(msg), msg)
+            self.frames += 1
+
+
+def _no_clock(ts_ns: int) -> None:
+    """Stands in for the clock's ``advance`` when the kernel clock is not a replay clock."""
 
 
 @hookimpl
