@@ -116,13 +116,14 @@ class Feed:
         self.rest_base = (cfg.rest_url or rest_default).rstrip("/")
         self.parser = FrameParser()
         self.stats = {"frames": 0, "bad_frames": 0, "connects": 0, "disconnects": 0}
-        self.stats |= {"snapshots": 0, "rest_errors": 0, "stale": 0}
+        self.stats |= {"snapshots": 0, "rest_errors": 0, "stale": 0, "renewals": 0}
         self.connected = False
         self.last_frame = time.monotonic()
         self._topics: dict[tuple[type, str], str] = {}
         self._fetching: set[str] = set()
         self._bad_kinds: set[str] = set()
         self._ws: ClientConnection | None = None
+        self._close_reason = ""
 
     @property
     def url(self) -> str:
@@ -164,6 +165,7 @@ class Feed:
             proxy=None,
         ) as ws:
             self._ws = ws
+            self._close_reason = ""
             self.stats["connects"] += 1
             self.last_frame = time.monotonic()
             opened = self.last_frame
@@ -177,8 +179,7 @@ class Feed:
                     self.last_frame = time.monotonic()
                     on_frame(frame, now_ns())
             except websockets.ConnectionClosed as closed:
-                reason = getattr(watchdog, "reason", "") if watchdog.done() else ""
-                raise _Reconnect(reason or f"connection closed ({closed})") from None
+                raise _Reconnect(self._close_reason or f"connection closed ({closed})") from None
             finally:
                 watchdog.cancel()
                 self._ws = None
@@ -186,19 +187,19 @@ class Feed:
     async def _watchdog(self, ws: ClientConnection, opened: float) -> None:
         """Close the connection when it went stale or reached the 24-hour limit."""
         cfg = self.cfg
-        task = asyncio.current_task()
         while True:
-            await asyncio.sleep(min(1.0, cfg.stale_after_s / 4))
+            await asyncio.sleep(min(1.0, cfg.stale_after_s / 4, cfg.max_connection_s / 4))
             now = time.monotonic()
             if now - self.last_frame > cfg.stale_after_s:
                 self.stats["stale"] += 1
-                task.reason = f"no message for {cfg.stale_after_s:g} s"  # type: ignore[union-attr]
-                await ws.close()
-                return
-            if now - opened > cfg.max_connection_s:
-                task.reason = "renewing the connection before the 24-hour limit"  # type: ignore[union-attr]
-                await ws.close()
-                return
+                self._close_reason = f"no message for {cfg.stale_after_s:g} s"
+            elif now - opened > cfg.max_connection_s:
+                self.stats["renewals"] += 1
+                self._close_reason = "renewing the connection before the 24-hour limit"
+            else:
+                continue
+            await ws.close()
+            return
 
     def on_frame(self, frame: bytes, ts_ns: int) -> None:
         """Parse and publish one frame (the hot path)."""
