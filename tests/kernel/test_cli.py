@@ -308,6 +308,7 @@ out = "{fills}"
 {listen}
 """
     host = start_run(running_config(tmp_path, rt, extra), plugin_site)
+    procs = [host]
     try:
         wait_ready(rt, host)
         remote_dir = tmp_path / "remote"
@@ -334,6 +335,7 @@ period_ms = 2
 """,
         )
         remote = start_run(cfg, plugin_site)
+        procs.append(remote)
         sniff = run_cli(
             [
                 "sniff",
@@ -353,8 +355,14 @@ period_ms = 2
         remote.send_signal(signal.SIGTERM)
         assert remote.wait(10) == 0, remote.stderr.read() if remote.stderr else ""
     finally:
-        host.send_signal(signal.SIGTERM)
-        assert host.wait(10) == 0
+        for proc in procs:  # never leave a process behind, whatever failed
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    assert host.returncode == 0
     ids = json.loads((remote_dir / "rec.json").read_text())["ids"]
     assert len(ids) > 500
     assert ids == list(range(ids[0], ids[0] + len(ids))), "remote subscriber missed messages"
