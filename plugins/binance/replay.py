@@ -13,6 +13,11 @@ time, N = N times faster, 0 = as fast as possible.
 
 A replay cannot fetch a new snapshot: a ``SnapshotRequest`` is answered by the next snapshot
 in the file, if there is one (logged once).
+
+The files are read with :func:`~plugins.binance.capture.read_frames` (decompressed in a thread
+of their own, ws JSON left to the parser): a frame that does not parse and a line that cannot
+be read are both counted in ``bad``, logged once per kind, and skipped. Only an unreadable
+file stops the replay early (logged as an error).
 """
 
 from __future__ import annotations
@@ -96,10 +101,13 @@ class Replay:
         ctx, cfg = self.ctx, self.cfg
         try:
             frames = read_frames(*self.files)
-            if cfg.speed:
-                await self._play(frames, cfg.speed)
-            else:
-                await self._play_fast(frames)
+            try:
+                if cfg.speed:
+                    await self._play(frames, cfg.speed)
+                else:
+                    await self._play_fast(frames)
+            finally:
+                frames.close()  # stops the read-ahead threads (also when cancelled)
         except CaptureError as err:
             ctx.log.error("replay stopped: %s", err)
         self.done = True

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import random
+import threading
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
-from plugins.binance.capture import SAMPLE, CaptureError, CaptureWriter, Record, read_capture
+from plugins.binance.capture import (
+    SAMPLE,
+    CaptureError,
+    CaptureWriter,
+    Record,
+    _gunzip,
+    _line_chunks,
+    _text_chunks,
+    read_capture,
+    read_frames,
+)
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "binance"
 HFT = SHARED / "hftbacktest" / "examples"
@@ -282,6 +296,7 @@ def test_corrupted_sample_line_names_file_and_line(tmp_path: Path) -> None:
         (b"1723161253000000000 " + WS % 1 + b"\nnot a line\n", r":2: expected hftbacktest"),
         (b"123456 " + WS % 1 + b"\n", r":1: timestamp '123456' has 6 digits"),
         (b"1723161253000000000 [1,2]\n", r":1: invalid JSON"),
+        (b'1723161253000000000 {"stream":"b\xfftc@trade","data":{}}\n', r":1: invalid JSON"),
         (b"1618677372.5: " + WS % 1 + b"\n\ngarbage\n", r":3: not a cryptofeed capture line"),
         (b'1618677372.5: {"stream":"x@trade"}\n', r":1: ws frame is not a combined-stream"),
         (b"1618677372.5: {oops}\n", r":1: invalid JSON"),
@@ -306,3 +321,241 @@ def test_missing_and_truncated_files(tmp_path: Path) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"\n\n")
     assert list(read_capture(empty)) == []
+    bad = tmp_path / "bad.gz"
+    data = bytearray(SAMPLE.read_bytes())
+    data[5000:5010] = b"\xff" * 10  # corrupt deflate data: zlib.error inside gzip
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CaptureError, match="unreadable capture"):
+        list(read_capture(bad))
+
+
+# ---------------------------------------------------------------- read_frames (the replay's reader)
+
+
+def as_frames(records: Iterable[Record]) -> list[tuple[object, ...]]:
+    return [(r.ts_ns, r.kind, r.symbol, r.payload) for r in records]
+
+
+def test_read_frames_is_read_capture_on_the_sample() -> None:
+    assert list(read_frames(SAMPLE)) == as_frames(read_capture(SAMPLE))
+
+
+@needs_shared
+@pytest.mark.parametrize(
+    "paths",
+    [
+        ["spot/btcusdt_20240808.gz", "spot/btcusdt_20240809.gz"],
+        ["spot/ethusdt_20240809.gz", "spot/btcusdt_20240809.gz", "spot/ethusdt_20240808.gz"],
+        ["spot/btcusdt_20230405.dat.gz"],  # µs timestamps: every line takes the slow path
+        ["usdm/btcusdt_20240808.gz"],
+        ["cm/btcusd_perp_20240808.gz"],  # the REST body names its symbol
+        [
+            "../../cryptofeed/3525dc8c-2021-04-17/sample_data/BINANCE.ws.1.0",
+            "../../cryptofeed/3525dc8c-2021-04-17/sample_data/BINANCE.http.0.0",
+        ],
+    ],  # fmt: skip
+    ids=["spot-2-days", "3-interleaved", "2023-us", "usdm", "coinm", "cryptofeed"],
+)
+def test_read_frames_is_read_capture_on_real_captures(paths: list[str]) -> None:
+    files = [HFT / p for p in paths]
+    assert list(read_frames(*files)) == as_frames(read_capture(*files))
+
+
+def _frames_and_records(path: Path) -> tuple[object, object]:
+    def run(fn: object) -> object:
+        try:
+            return list(fn(path))  # type: ignore[operator]
+        except CaptureError as exc:
+            return f"CaptureError: {exc}"
+
+    return run(read_frames), run(read_capture)
+
+
+def test_read_frames_symbol_inference_matches(tmp_path: Path) -> None:
+    snap = b'{"lastUpdateId":5,"bids":[],"asks":[]}'
+    bt = b'{"stream":"!bookTicker","data":{"u":1,"s":"ETHUSDT"}}'  # market-wide: no symbol
+    cases = {
+        "rest-first": [snap, WS % 7, WS % 8],
+        "market-wide-then-rest": [bt, snap, bt, WS % 7, snap, WS % 8],
+        "rest-only": [snap, snap],
+        "ambiguous": [WS % 1, snap, b'{"stream":"ethusdt@trade","data":{"t":1}}'],
+        "ambiguous-late-rest": [WS % 1, b'{"stream":"ethusdt@trade","data":{"t":1}}', snap],
+    }
+    for name, payloads in cases.items():
+        lines = [b"%d " % (1723161253000000000 + i) + p for i, p in enumerate(payloads)]
+        frames, records = _frames_and_records(_hft_file(tmp_path / f"{name}.gz", lines))
+        if isinstance(records, str):
+            assert frames == records, name  # the same file-level error, same line
+        else:
+            assert frames == as_frames(records), name  # type: ignore[arg-type]
+
+
+def test_read_frames_makes_unreadable_lines_bad_frames(tmp_path: Path) -> None:
+    with gzip.open(SAMPLE, "rb") as fh:
+        lines = fh.read().splitlines()
+    good = list(read_frames(SAMPLE))
+    rest_line = next(i for i, line in enumerate(lines) if b"lastUpdateId" in line[:40])
+    broken = {
+        41: lines[41][: len(lines[41]) // 2],  # a ws line cut in half: passed on (not JSON-checked)
+        60: b"17231612x4 " + lines[60].split(b" ", 1)[1],  # a bad timestamp
+        61: lines[61].split(b" ", 1)[0],  # a timestamp alone
+        62: b"123456 " + lines[62].split(b" ", 1)[1],  # 6 digits
+        rest_line: lines[rest_line][:500],  # the REST body cut: not JSON
+    }
+    bad_lines = [broken.get(i, line) for i, line in enumerate(lines)]
+    path = _hft_file(tmp_path / "bad.gz", bad_lines)
+    with pytest.raises(CaptureError):
+        list(read_capture(path))
+    frames = list(read_frames(path))
+    assert len(frames) == len(good)
+    for i, (got, want) in enumerate(zip(frames, good, strict=True)):
+        if i == 41:
+            assert got == (*want[:3], broken[41][20:])  # the parser will reject it
+        elif i in broken:
+            ts, kind, why, line = got
+            assert (kind, line) == ("bad", broken[i])
+            last_good = max(j for j in range(i) if j == 41 or j not in broken)
+            assert ts == good[last_good][0] and f"bad.gz:{i + 1}:" in str(why)
+        else:
+            assert got == want
+
+
+def test_read_frames_file_level_errors(tmp_path: Path) -> None:
+    with pytest.raises(CaptureError, match="no such capture file"):
+        read_frames(tmp_path / "nope.gz")
+    with pytest.raises(ValueError, match="at least one path"):
+        read_frames()
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(SAMPLE.read_bytes()[:20_000])  # gzip stream ends early
+    with pytest.raises(CaptureError, match="unreadable capture"):
+        list(read_frames(cut))
+    bad = tmp_path / "bad.gz"
+    data = bytearray(SAMPLE.read_bytes())
+    data[5000:5010] = b"\xff" * 10  # corrupt deflate data
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CaptureError, match="unreadable capture"):
+        list(read_frames(bad))
+    (tmp_path / "x.txt").write_bytes(b"hello world\n")
+    with pytest.raises(CaptureError, match="not a recognised capture format"):
+        list(read_frames(tmp_path / "x.txt"))
+    (tmp_path / "empty.txt").write_bytes(b"\n\n")
+    assert list(read_frames(tmp_path / "empty.txt")) == []
+
+
+def test_read_frames_crlf_and_blank_lines(tmp_path: Path) -> None:
+    lines = [b"%d " % (1723161253000000000 + i) + WS % i for i in range(5)]
+    path = tmp_path / "crlf.gz"
+    path.write_bytes(
+        gzip.compress(b"\r\n".join(lines[:3]) + b"\r\n\r\n  \n" + b"\n".join(lines[3:]))
+    )
+    assert list(read_frames(path)) == as_frames(read_capture(path))
+    assert [f[3] for f in read_frames(path)] == [WS % i for i in range(5)]
+
+
+def test_read_frames_ties_keep_file_order(tmp_path: Path) -> None:
+    a = _hft_file(tmp_path / "a.gz", [b"1723161253000000000 " + WS % 1])
+    b = _hft_file(tmp_path / "b.gz", [b"1723161253000000000 " + WS % 2])
+    assert [json.loads(f[3])["data"]["t"] for f in read_frames(a, b)] == [1, 2]
+    assert [json.loads(f[3])["data"]["t"] for f in read_frames(b, a)] == [2, 1]
+
+
+def test_read_frames_merge_is_heapq_merge(tmp_path: Path) -> None:
+    """Interleaved, tied and even unsorted inputs come out as heapq.merge orders them."""
+    rng = random.Random(5)
+    files = []
+    for k in range(3):
+        ts = [1723161253000000000 + rng.randrange(40) for _ in range(60)]
+        if k < 2:
+            ts.sort()  # the third file is out of order: the merge must still agree
+        lines = [b"%d " % t + WS % (k * 1000 + i) for i, t in enumerate(ts)]
+        files.append(_hft_file(tmp_path / f"{k}.gz", lines))
+    for order in ([0, 1, 2], [2, 0, 1], [1, 2]):
+        paths = [files[i] for i in order]
+        assert list(read_frames(*paths)) == as_frames(read_capture(*paths))
+
+
+def test_read_frames_stops_its_reader_thread(tmp_path: Path) -> None:
+    before = threading.active_count()
+    it = read_frames(SAMPLE, SAMPLE)
+    next(it)
+    assert threading.active_count() > before  # decompressing ahead
+    it.close()
+    assert threading.active_count() == before
+    for _ in read_frames(SAMPLE):
+        pass
+    assert threading.active_count() == before
+
+
+def test_gunzip_reads_what_gzip_reads() -> None:
+    rng = random.Random(3)
+    data = bytes(rng.randrange(256) for _ in range(3000)) + b"abc" * 5000
+    one = gzip.compress(data)
+    cases = [one, one + one, one + b"\0" * 9, one + b"\0" + one, one[:-4], one + one[:6], b""]
+    for _ in range(60):
+        flipped = bytearray(one)
+        flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+        cases.append(bytes(flipped))
+
+    def outcome(fn: object) -> object:
+        try:
+            return fn()  # type: ignore[operator]
+        except (OSError, EOFError, zlib.error):
+            return "error"
+
+    for case in cases:
+        want = outcome(lambda c=case: gzip.GzipFile(fileobj=io.BytesIO(c)).read())
+        for block, most in ((1 << 18, 4 << 20), (7, 100), (1000, 5)):
+            got = outcome(lambda c=case, b=block, m=most: b"".join(_gunzip(io.BytesIO(c), b, m)))
+            assert got == want
+
+
+class _Pieces(io.BytesIO):
+    """A file whose reads return random small pieces."""
+
+    def __init__(self, data: bytes, rng: random.Random) -> None:
+        super().__init__(data)
+        self.rng = rng
+
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read(self.rng.choice([1, 2, 3, 7, 50, 1000]))
+
+
+def test_text_pieces_split_lines_like_a_plain_split(tmp_path: Path) -> None:
+    rng = random.Random(9)
+    for _ in range(300):
+        parts = [rng.choice([b"", b"a", b"bb\r", b"  ", b"x" * rng.randrange(200), b"\r"])
+                 for _ in range(rng.randrange(12))]  # fmt: skip
+        data = b"\n".join(parts) + rng.choice([b"", b"\n", b"\r\n", b"tail", b"tail\r"])
+        want = data.split(b"\n")
+        tail = want.pop()
+        want = [line[:-1] if line.endswith(b"\r") else line for line in want]
+        if tail:
+            want.append(tail)  # a last line without \n is kept as it is (\r included)
+        got: list[bytes] = []
+        lineno = 1
+        for base, lines in _line_chunks(_text_chunks(tmp_path, _Pieces(data, rng))):
+            assert base == lineno
+            got += lines
+            lineno += len(lines)
+        assert got == want, data
+
+
+def test_read_frames_odd_lines_match_read_capture(tmp_path: Path) -> None:
+    """Lines the line kernel leaves to Python: streams beyond its table, timestamps
+    starting with 9 (int64 overflow guard) or of 16 digits, CRLF, a last line without \\n."""
+    lines = []
+    for i in range(300):
+        stream = b"s%03d@trade" % (i % 80)  # 80 streams: more than the kernel knows
+        ts = b"%d" % (1723161253000000000 + i)
+        if i % 7 == 3:
+            ts = b"9" + ts[1:]  # > int64 max is not a problem for Python ints
+        if i % 11 == 5:
+            ts = ts[:16]  # µs
+        line = ts + b' {"stream":"' + stream + b'","data":{"e":"trade","t":%d}}' % i
+        lines.append(line + (b"\r" if i % 13 == 2 else b""))
+    for end in (b"\n", b"", b"\r"):
+        path = tmp_path / "odd.gz"
+        path.write_bytes(gzip.compress(b"\n".join(lines) + end))
+        frames = list(read_frames(path))
+        assert len(frames) == 300
+        assert frames == as_frames(read_capture(path))

@@ -13,7 +13,16 @@ import pytest
 
 from kernel.fixed import to_fixed
 from plugins.binance.capture import SAMPLE, read_capture
-from plugins.binance.parse import FrameError, FrameParser, parse_fixed, parse_frame, parse_snapshot
+from plugins.binance.parse import (
+    FrameError,
+    FrameParser,
+    _entry_point,
+    _scan_depth,
+    _scan_small,
+    parse_fixed,
+    parse_frame,
+    parse_snapshot,
+)
 from schemas import BookTicker, DepthDiff, DepthSnapshot, Trade
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "binance"
@@ -273,6 +282,7 @@ BAD: list[tuple[str, bytes | None, str]] = [
     ),
     ("ticker-px-number", b'{"u":1,"s":"X","b":61837.63,"B":"1","a":"2","A":"1"}', "decimal"),
     ("ticker-no-u", b'{"s":"X","b":"1","B":"1","a":"2","A":"1"}', "'u'"),
+    ("not-utf8", b'{"e":"trade","E":1,"s":"X\xff","t":1,"p":"1","q":"1","T":1,"m":true}', "utf-8"),
     ("missing-u", None, "'u'"),
     ("missing-a", None, "'a'"),
     ("negative-qty", None, "not a plain"),
@@ -329,6 +339,7 @@ def test_bad_frames_raise_frame_error_and_parser_survives(
         (b'{"lastUpdateId":1,"bids":[["1","-1"]],"asks":[]}', "not a plain"),
         (b'{"lastUpdateId":1,"bids":[],"asks":[["abc","1"]]}', "not a plain"),
         (b"", "bad depth snapshot"),
+        (b'{"lastUpdateId":1,"symbol":"\xff","bids":[],"asks":[]}', "bad depth snapshot"),
     ],
 )
 def test_bad_snapshots(body: bytes, match: str) -> None:
@@ -459,3 +470,142 @@ def test_depth_fast_path_agrees_with_msgspec_path() -> None:
         assert fast == _outcome(parser._parse_general, f), f
         agreed += 1
     assert agreed > 2000 and declined > 500  # both branches really exercised
+
+
+# ---------------------------------------------------------------- ticker / trade fast path
+
+_SMALL_EXTRA = [
+    b'"e":"bookTicker",',
+    b'"E":1723161256314,',
+    b'"b":"1.00000000",',  # duplicate price: the general path refuses it
+    b'"M":true,',
+    b'"s":"ETHUSDT",',
+    b'"x":[1,{"y":null}],',
+]
+
+
+def _small_mutations(rng: random.Random, f: bytes) -> bytes:
+    """Faults a ticker/trade fast path could get wrong: numbers, keys, escapes, spacing."""
+    k = rng.randrange(12)
+    if k < 5:
+        return _mutate(rng, f)
+    if k == 5:  # one character of a value changed to a digit, sign, dot, letter or quote
+        quotes = [j for j, c in enumerate(f) if c == ord('"')]
+        j = rng.choice(quotes) + rng.randrange(1, 4)
+        return f[:j] + bytes([rng.choice(b'0123456789.-+eE "\\x')]) + f[j + 1 :]
+    if k == 6:  # a longer / shorter number
+        d = json.loads(f)["data"]
+        key = rng.choice([key for key, v in d.items() if isinstance(v, str) and key != "s"])
+        v = d[key]
+        v = rng.choice(
+            [
+                v + "0",
+                v + "1",
+                v[:-1],
+                "0" + v,
+                v.replace(".", ""),
+                v + ".0",
+                "9" * rng.randrange(8, 14) + "." + v.split(".")[-1],
+                ".5",
+                "5.",
+            ]
+        )
+        return f.replace(f'"{key}":"{d[key]}"'.encode(), f'"{key}":"{v}"'.encode(), 1)
+    if k == 7:  # an integer field: bigger, zero-padded, negative, float, string, null
+        d = json.loads(f)["data"]
+        key = rng.choice([key for key, v in d.items() if type(v) is int])
+        v = rng.choice(["0", "00", "-1", "1.0", "1e3", '"1"', "null", "9" * 19, "9" * 18, "007"])
+        return f.replace(f'"{key}":{d[key]}'.encode(), f'"{key}":{v}'.encode(), 1)
+    if k == 8:  # an escape in a string: same text for msgspec, not for a byte matcher
+        return f.replace(b"BTCUSDT", rng.choice([b"BTC\\u0055SDT", b"BTC\\/USDT", b"\\u00e9"]), 1)
+    if k == 9:  # whitespace somewhere between tokens
+        at = [j + 1 for j, c in enumerate(f) if c in b",:{"]
+        j = rng.choice(at)
+        return f[:j] + rng.choice([b" ", b"\n", b"\t"]) + f[j:]
+    if k == 10:  # a field inserted in the data object or the envelope
+        j = f.index(b'"data":{') + 8 if rng.random() < 0.7 else 1
+        return f[:j] + rng.choice(_SMALL_EXTRA) + f[j:]
+    d = json.loads(f)  # booleans, a dropped field
+    data = d["data"]
+    key = rng.choice(list(data))
+    if isinstance(data[key], bool) and rng.random() < 0.5:
+        data[key] = rng.choice([None, 1, "true", not data[key]])
+    else:
+        del data[key]
+    return json.dumps(d, separators=(",", ":")).encode()
+
+
+def test_ticker_trade_fast_path_agrees_with_msgspec_path() -> None:
+    """A canonical bookTicker / trade frame takes the fast path; on it and on thousands of
+    mutations, parse() gives exactly what the general msgspec path gives, or both raise."""
+    rng = random.Random(7)
+    frames = sample_frames()
+    real = frames["bookTicker"][:400] + frames["trade"][:400]
+    parser = FrameParser(64)
+    for f in real:
+        assert _scan_small(f)[0] in (1, 2)  # the fast path takes it
+        assert parser.parse(f, 3) == parser._parse_general(f, 3)
+    for f in frames["depth"][:20] + frames["rest"]:
+        assert _scan_small(f)[0] == 0
+    fast = declined = errors = 0
+    for _ in range(8000):
+        f = _small_mutations(rng, rng.choice(real))
+        taken = _scan_small(f)[0] != 0
+        fast += taken
+        declined += not taken
+        got = _outcome(parser.parse, f)
+        errors += got == ("err",)
+        assert got == _outcome(parser._parse_general, f), f
+        assert not (taken and got == ("err",)), f  # the fast path never accepts a bad frame
+    assert fast > 1000 and declined > 4000 and errors > 1500  # all branches exercised
+
+
+def test_ticker_trade_fast_path_edges() -> None:
+    parser = FrameParser()
+    tick = (
+        b'{"stream":"btcusdt@bookTicker","data":{"u":%s,"s":"%s","b":"%s","B":"1.5",'
+        b'"a":"61837.64000000","A":"0"}}'
+    )
+    for u, sym, b in [
+        (b"0", b"BTCUSDT", b"0.00000001"),
+        (b"999999999999999999", b"", b"92233720368.54775807"),  # 18 digits, int64 max
+        (b"1", b"X", b"000123.4"),  # leading zeros in a price are fine
+        (b"1", b"X", b"1.000000000000"),  # >8 decimals, only zeros: exact
+        (b"1", b"X", b"5."),
+        (b"1", b"X", b".5"),
+    ]:
+        f = tick % (u, sym, b)
+        assert _scan_small(f)[0] == 1, f
+        assert parser.parse(f, 1) == parser._parse_general(f, 1)
+    for u, b, why in [
+        (b"1", b"92233720368.54775808", "range"),
+        (b"1", b"1.000000001", "more than 8 decimals"),
+        (b"1", b"-1.0", "not a plain"),
+        (b"1", b"", "not a plain"),
+    ]:
+        f = tick % (u, b"X", b)
+        assert _scan_small(f)[0] == 0
+        with pytest.raises(FrameError, match=why):
+            parser.parse(f, 1)
+    # spot trade without the "M" flag, futures trade/ticker shapes: exact either way
+    trade = (
+        b'{"stream":"btcusdt@trade","data":{"e":"trade","E":1,"s":"BTCUSDT","t":5,'
+        b'"p":"61837.63","q":"0.02","T":2,"m":false}}'
+    )
+    assert _scan_small(trade)[0] == 2
+    assert parser.parse(trade, 1) == Trade("BTCUSDT", 5, 6_183_763_000_000, 2_000_000, False,
+                                           2_000_000, 1)  # fmt: skip
+    fut = b'{"stream":"btcusdt@bookTicker","data":{"e":"bookTicker","u":9,"s":"BTCUSDT",'
+    fut += b'"b":"61800.20","B":"2.507","a":"61800.30","A":"2.510","T":1,"E":2}}'
+    assert _scan_small(fut)[0] == 0
+    assert parser.parse(fut, 1).ts_exchange_ns == 2_000_000  # type: ignore[union-attr]
+
+
+def test_compiled_entry_points_are_the_kernels() -> None:
+    frame = sample_frames()["bookTicker"][0]
+    assert _entry_point(_scan_small, frame)(frame) == _scan_small(frame)
+    depth = sample_frames()["depth"][3]
+    out_a, out_b = np.zeros(8000, dtype=np.int64), np.zeros(8000, dtype=np.int64)
+    entry = _entry_point(_scan_depth, depth, out_a)
+    assert entry(depth, out_a) == _scan_depth(depth, out_b) > 0
+    assert (out_a == out_b).all()

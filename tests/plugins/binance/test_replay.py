@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import tickbus_cmd, tickbus_env, write_config
 from kernel import PluginContext, hookimpl
-from plugins.binance.capture import SAMPLE, read_capture
+from plugins.binance.capture import SAMPLE, CaptureError, read_capture
 from schemas import BookTop
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -93,6 +95,38 @@ def test_bad_frames_in_a_capture_are_skipped(start_kernel, tmp_path: Path) -> No
     clean, _ = replay(start_kernel, {"book": "hot", "replay_feed": "hot", "collector": "hot"})
     assert k.contexts["replay_feed"].component.bad == 3
     assert books == clean, "a bad frame changed the books"
+
+
+def test_unreadable_capture_lines_are_skipped(start_kernel, tmp_path: Path, caplog) -> None:
+    """read_capture stops at a corrupt line; the replay counts it as a bad frame and goes on."""
+    lines = gzip.open(SAMPLE).read().splitlines(keepends=True)
+    trades = [i for i, line in enumerate(lines) if b"@trade" in line[:60]]
+    tickers = [i for i, line in enumerate(lines) if b"@bookTicker" in line[:60]]
+    cut, ts_bad, not_utf8, no_json = trades[10], tickers[20], tickers[30], tickers[40]
+    lines[cut] = lines[cut][: len(lines[cut]) // 2] + b"\n"  # the JSON cut in half
+    lines[ts_bad] = b"17231612x4" + lines[ts_bad][10:]  # a timestamp that is not a number
+    lines[not_utf8] = lines[not_utf8].replace(b'"s":"BTCUSDT"', b'"s":"BTC\xffUSDT"')
+    lines[no_json] = lines[no_json].split(b" ", 1)[0] + b" {oops}\n"
+    path = tmp_path / "corrupt.gz"
+    path.write_bytes(gzip.compress(b"".join(lines)))
+    with pytest.raises(CaptureError):
+        list(read_capture(path))
+    books, k = replay(
+        start_kernel, {"book": "hot", "replay_feed": "hot", "collector": "hot"}, files=[str(path)]
+    )
+    clean, k_clean = replay(start_kernel, {"book": "hot", "replay_feed": "hot", "collector": "hot"})
+    rep, rep_clean = k.contexts["replay_feed"].component, k_clean.contexts["replay_feed"].component
+    assert rep.bad == 4 and rep.frames == rep_clean.frames - 4
+    assert books == clean, "a corrupt line changed the books"
+    assert "unreadable capture line" in caplog.text
+
+
+def test_symbols_filter(start_kernel) -> None:
+    hot = {"book": "hot", "replay_feed": "hot", "collector": "hot"}
+    books, k = replay(start_kernel, hot, symbols=["ethusdt"])
+    assert books == [] and k.contexts["replay_feed"].component.frames == 0
+    books, k = replay(start_kernel, hot, symbols=["btcusdt"])
+    assert len(books) > 1700 and k.contexts["replay_feed"].component.frames == 18507
 
 
 def test_backtest_config_runs_to_the_end(tmp_path: Path) -> None:
