@@ -19,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "plugin_pkg" / "src"))
 
+from kernel import PluginContext, hookimpl  # noqa: E402
 from kernel.app import Kernel  # noqa: E402
 from kernel.config import parse_config  # noqa: E402
 
@@ -103,6 +104,17 @@ class SimThread:
         asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+
+
+class book_collector:
+    """Test plugin (registered in-process): keeps every md.book message it sees."""
+
+    @staticmethod
+    @hookimpl
+    def tickbus_setup(ctx: PluginContext) -> list[Any]:
+        books: list[Any] = []
+        ctx.subscribe("md.book.", books.append)
+        return books
 
 
 def write_config(path: Path, text: str) -> Path:

@@ -14,20 +14,8 @@ from typing import Any
 
 import pytest
 
-from conftest import SimThread
-from kernel import PluginContext, hookimpl
+from conftest import SimThread, book_collector
 from schemas import BookTop
-
-
-class collector:
-    """Keeps every md.book message (an in-process test plugin)."""
-
-    @staticmethod
-    @hookimpl
-    def tickbus_setup(ctx: PluginContext) -> list[BookTop]:
-        books: list[BookTop] = []
-        ctx.subscribe("md.book.", books.append)
-        return books
 
 
 def content(b: BookTop) -> tuple[Any, ...]:
@@ -59,7 +47,7 @@ def replay_books(files: list[Path] | None = None, market: str = "spot") -> list[
             },
         }
     )
-    k = Kernel(cfg, extra_plugins={"collector": collector})
+    k = Kernel(cfg, extra_plugins={"collector": book_collector})
     k.start()
     replay = k.contexts["replay_feed"].component
     end = time.monotonic() + 120
@@ -114,7 +102,7 @@ def live(start_kernel) -> Iterator[Callable[..., tuple[list[BookTop], Any, SimTh
                     "collector": {},
                 },
             },
-            extra={"collector": collector},
+            extra={"collector": book_collector},
         )
         end = time.monotonic() + 120
         while wait_end and not sim.finished:

@@ -11,23 +11,11 @@ from typing import Any
 
 import pytest
 
-from conftest import tickbus_cmd, tickbus_env, write_config
-from kernel import PluginContext, hookimpl
+from conftest import book_collector, tickbus_cmd, tickbus_env, write_config
 from plugins.binance.capture import SAMPLE, CaptureError, read_capture
 from schemas import BookTop
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-class collector:
-    """Keeps every md.book message."""
-
-    @staticmethod
-    @hookimpl
-    def tickbus_setup(ctx: PluginContext) -> list[BookTop]:
-        books: list[BookTop] = []
-        ctx.subscribe("md.book.", books.append)
-        return books
 
 
 def replay(start_kernel, lanes: dict[str, str], **replay_cfg: Any) -> tuple[list[BookTop], Any]:
@@ -41,7 +29,7 @@ def replay(start_kernel, lanes: dict[str, str], **replay_cfg: Any) -> tuple[list
                 "collector": {"lane": lanes["collector"]},
             },
         },
-        extra={"collector": collector},
+        extra={"collector": book_collector},
     )
     rep = k.contexts["replay_feed"].component
     end = time.monotonic() + 60
