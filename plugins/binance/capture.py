@@ -40,6 +40,8 @@ import msgspec
 import numpy as np
 from numba import njit
 
+from .parse import _literal
+
 __all__ = [
     "SAMPLE",
     "CaptureError",
@@ -485,6 +487,17 @@ def _read_file(path: Path) -> Iterator[Record]:
             yield from reader(path, _numbered(_line_chunks(pieces)))
 
 
+def _capture_files(paths: tuple[str | os.PathLike[str], ...], caller: str) -> list[Path]:
+    """The paths as files that exist, or the reader's error."""
+    if not paths:
+        raise ValueError(f"{caller}() needs at least one path")
+    files = [Path(p) for p in paths]
+    for f in files:
+        if not f.is_file():
+            raise CaptureError(f"{f}: no such capture file")
+    return files
+
+
 def read_capture(*paths: str | os.PathLike[str]) -> Iterator[Record]:
     """Stream the records of one or more capture files, merged in timestamp order.
 
@@ -492,12 +505,7 @@ def read_capture(*paths: str | os.PathLike[str]) -> Iterator[Record]:
     read lazily and merged with a heap, so memory stays small; equal timestamps keep the order
     of ``paths``. A line in no known format raises :class:`CaptureError` naming file and line.
     """
-    if not paths:
-        raise ValueError("read_capture() needs at least one path")
-    files = [Path(p) for p in paths]
-    for f in files:
-        if not f.is_file():
-            raise CaptureError(f"{f}: no such capture file")
+    files = _capture_files(paths, "read_capture")
     if len(files) == 1:
         yield from _read_file(files[0])
         return
@@ -576,16 +584,6 @@ def _scan_hft(
         k += 1
         pos = nl + 1
     return k, pos
-
-
-@njit(cache=True, inline="always")
-def _literal(buf: np.ndarray, p: int, n: int, word: bytes) -> int:
-    if p + len(word) > n:
-        return -1
-    for i in range(len(word)):
-        if buf[p + i] != word[i]:
-            return -1
-    return p + len(word)
 
 
 def _frames_file(path: Path) -> Generator[Frame, None, None]:
@@ -769,12 +767,7 @@ def read_frames(*paths: str | os.PathLike[str]) -> Generator[Frame, None, None]:
     (:func:`_scan_hft`) straight from the decompressed buffers, and files that follow each
     other merge without a heap operation per line. Close the generator (or exhaust it) to
     stop the threads at once."""
-    if not paths:
-        raise ValueError("read_frames() needs at least one path")
-    files = [Path(p) for p in paths]
-    for f in files:
-        if not f.is_file():
-            raise CaptureError(f"{f}: no such capture file")
+    files = _capture_files(paths, "read_frames")
     if len(files) == 1:
         return _frames_file(files[0])
     return _merge([_frames_file(f) for f in files])

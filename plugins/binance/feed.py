@@ -31,9 +31,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from kernel import PluginContext, TickbusError, hookimpl
-from schemas import BookTicker, DepthDiff, FeedStatus, SnapshotRequest, Trade
+from schemas import FeedStatus, SnapshotRequest
 
-from .parse import FrameError, FrameParser, warmup
+from .parse import FrameError, FrameParser, topic_of, warmup
 
 DEFAULT_URLS = {
     "spot": ("wss://stream.binance.com:9443", "https://api.binance.com", "/api/v3/depth"),
@@ -217,8 +217,7 @@ class Feed:
         key = (type(msg), msg.symbol)
         topic = self._topics.get(key)
         if topic is None:
-            family = {DepthDiff: "md.depth", Trade: "md.trade", BookTicker: "md.ticker"}
-            topic = self._topics[key] = f"{family[type(msg)]}.{msg.symbol}"
+            topic = self._topics[key] = topic_of(msg)
         self.ctx.publish(topic, msg)
 
     def _bad(self, why: str, sample: bytes) -> None:

@@ -57,10 +57,20 @@ __all__ = [
     "parse_fixed",
     "parse_frame",
     "parse_snapshot",
+    "topic_of",
 ]
 
 MarketMsg = DepthDiff | Trade | BookTicker
 """What a WS frame parses into."""
+
+_FAMILY: Final = {DepthDiff: "md.depth", Trade: "md.trade", BookTicker: "md.ticker"}
+
+
+def topic_of(msg: MarketMsg) -> str:
+    """The bus topic of a parsed frame: ``md.depth|md.trade|md.ticker.<SYMBOL>`` (feeds
+    cache it per type and symbol; this is their cold path)."""
+    return f"{_FAMILY[type(msg)]}.{msg.symbol}"
+
 
 _MS: Final = 1_000_000  # Binance timestamps are ms; ours are ns
 _DECIMALS: Final = 8

@@ -34,7 +34,7 @@ from kernel import PluginContext, TickbusError, hookimpl
 from schemas import BookTicker, DepthDiff, SnapshotRequest, Trade
 
 from .capture import SAMPLE, CaptureError, Frame, read_frames
-from .parse import FrameError, FrameParser, warmup
+from .parse import FrameError, FrameParser, topic_of, warmup
 
 _BATCH = 2000  # records per loop iteration at full speed: heartbeats and drains still run
 
@@ -84,9 +84,7 @@ class Replay:
             )
 
     def _topic(self, msg: DepthDiff | Trade | BookTicker) -> str:
-        family = {DepthDiff: "md.depth", Trade: "md.trade", BookTicker: "md.ticker"}
-        topic = f"{family[type(msg)]}.{msg.symbol}"
-        self._topics[type(msg)][msg.symbol] = topic
+        topic = self._topics[type(msg)][msg.symbol] = topic_of(msg)
         return topic
 
     def _skip(self, why: str, sample: bytes) -> None:
