@@ -2,7 +2,7 @@
 
 Plugins import from here (and from ``schemas``) only::
 
-    from kernel import hookimpl, PluginContext, TickbusError
+    from tickbus.kernel import hookimpl, PluginContext, TickbusError
 """
 
 from .clock import Clock, LiveClock, ReplayClock

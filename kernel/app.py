@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from schemas import Shutdown
+from tickbus.schemas import Shutdown
 
 from . import sdnotify
 from .clock import make_clock
@@ -92,7 +92,7 @@ class Kernel:
             self.router.start()
             pub_ep, sub_ep, exact = self.router.pub_inproc, self.router.sub_inproc, True
             tap_ep = self.router.tap_inproc
-        from schemas import BUILTIN_TYPES
+        from tickbus.schemas import BUILTIN_TYPES
 
         for i, (lane_name, lane_cfg) in enumerate(cfg.lanes.items()):
             lane = Lane(

@@ -76,9 +76,9 @@ def _tool(module: str) -> tuple[Callable[[argparse.ArgumentParser], None], Calla
 
 
 TOOLS = (
-    ("sniff", "tools.sniffer", "print messages flowing on a running bus"),
-    ("exchange-sim", "tools.exchange_sim", "serve a recorded capture as a Binance-like server"),
-    ("record", "tools.record", "record raw Binance frames to a capture file"),
+    ("sniff", "tickbus.tools.sniffer", "print messages flowing on a running bus"),
+    ("exchange-sim", "tickbus.tools.exchange_sim", "serve a capture as a Binance-like server"),
+    ("record", "tickbus.tools.record", "record raw Binance frames to a capture file"),
 )
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from schemas import Msg
+from tickbus.schemas import Msg
 
 from .clock import Clock
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schemas import SCALE
+from tickbus.schemas import SCALE
 
 _DECIMALS = len(str(SCALE)) - 1
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from schemas import Msg
+    from tickbus.schemas import Msg
 
     from .context import PluginContext
 

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import msgspec
 import zmq
 
-from schemas import Barrier, Codec, Heartbeat, Msg
+from tickbus.schemas import Barrier, Codec, Heartbeat, Msg
 
 from .router import SEP
 

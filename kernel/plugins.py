@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pluggy
 
-from schemas import Msg
+from tickbus.schemas import Msg
 
 from . import hookspecs
 from .config import Config, convert

@@ -19,9 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "plugin_pkg" / "src"))
 
-from kernel import PluginContext, hookimpl  # noqa: E402
-from kernel.app import Kernel  # noqa: E402
-from kernel.config import parse_config  # noqa: E402
+from tickbus.kernel import PluginContext, hookimpl  # noqa: E402
+from tickbus.kernel.app import Kernel  # noqa: E402
+from tickbus.kernel.config import parse_config  # noqa: E402
 
 
 @pytest.fixture
@@ -80,15 +80,15 @@ def tickbus_env(site: Path | None = None, **extra: str) -> dict[str, str]:
 
 def tickbus_cmd(*args: str) -> list[str]:
     """The real command line: the interpreter running the tests, module kernel.cli."""
-    return [sys.executable, "-m", "kernel.cli", *args]
+    return [sys.executable, "-m", "tickbus.kernel.cli", *args]
 
 
 class SimThread:
     """An ExchangeSim on its own event loop in a thread (the kernel has its own lanes)."""
 
     def __init__(self, data: list[Path] | None = None, **kwargs: Any) -> None:
-        from plugins.binance.capture import SAMPLE
-        from tools.exchange_sim import ExchangeSim
+        from tickbus.plugins.binance.capture import SAMPLE
+        from tickbus.tools.exchange_sim import ExchangeSim
 
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

@@ -13,7 +13,7 @@ stream from the current position on. ``--speed X`` replays X times faster than r
 ``--speed 0`` replays as fast as the slowest connected client reads, and pauses while no client
 is connected (so a test sees the capture from its first frame).
 
-    python -m tools.exchange_sim --data plugins/binance/data/btcusdt_spot_20240808_sample.gz \\
+    tickbus exchange-sim --data plugins/binance/data/btcusdt_spot_20240808_sample.gz \\
         --port 9443 --speed 1 --fault drop:100 --fault rest:429:1
 """
 
@@ -40,7 +40,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from plugins.binance.capture import CaptureError, read_capture
+from tickbus.plugins.binance.capture import CaptureError, read_capture
 
 __all__ = ["ExchangeSim", "Fault", "build_parser", "main", "parse_fault", "run"]
 
@@ -730,7 +730,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tools.exchange_sim`` entry point; returns the exit code."""
+    """``python -m tickbus.tools.exchange_sim`` entry point; returns the exit code."""
     parser = argparse.ArgumentParser(
         prog="exchange-sim", description="Binance-compatible market-data replay server"
     )

@@ -20,8 +20,8 @@ import time
 import websockets
 from websockets.asyncio.client import connect
 
-from plugins.binance.capture import CaptureWriter
-from plugins.binance.feed import DEFAULT_URLS, backoff_delay, http_get, stream_url
+from tickbus.plugins.binance.capture import CaptureWriter
+from tickbus.plugins.binance.feed import DEFAULT_URLS, backoff_delay, http_get, stream_url
 
 
 def build_parser(p: argparse.ArgumentParser) -> None:
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``python -m tools.record``."""
+    """Entry point for ``python -m tickbus.tools.record``."""
     p = argparse.ArgumentParser(prog="tickbus record", description=__doc__.split("\n")[0])
     build_parser(p)
     return run(p.parse_args(argv))

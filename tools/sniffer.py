@@ -19,11 +19,11 @@ from typing import Any
 import msgspec
 import zmq
 
-from kernel.config import load_config, resolve_runtime_dir
-from kernel.errors import TickbusError
-from kernel.fixed import from_fixed
-from kernel.router import split_frame
-from schemas import Codec, Msg
+from tickbus.kernel.config import load_config, resolve_runtime_dir
+from tickbus.kernel.errors import TickbusError
+from tickbus.kernel.fixed import from_fixed
+from tickbus.kernel.router import split_frame
+from tickbus.schemas import Codec, Msg
 
 _packed_fields: dict[type, frozenset[str]] = {}
 
@@ -189,7 +189,7 @@ def _untyped(codec: Codec, body: memoryview) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``python -m tools.sniffer``."""
+    """Entry point for ``python -m tickbus.tools.sniffer``."""
     p = argparse.ArgumentParser(prog="tickbus sniff", description=__doc__.split("\n")[0])
     build_parser(p)
     return run(p.parse_args(argv))

@@ -2,7 +2,7 @@
 
 Used to build tickbus's shipped sample (``plugins/binance/data/``)::
 
-    python -m tools.trim_capture \\
+    python -m tickbus.tools.trim_capture \\
         ../shared/data/binance/hftbacktest/examples/spot/btcusdt_20240808.gz \\
         plugins/binance/data/btcusdt_spot_20240808_sample.gz --seconds 180
 
@@ -19,7 +19,7 @@ import gzip
 import sys
 from pathlib import Path
 
-from plugins.binance.capture import CaptureError, read_capture
+from tickbus.plugins.binance.capture import CaptureError, read_capture
 
 _NS_PER_UNIT = {19: 1, 16: 1000}  # digits of the line timestamp -> ns multiplier
 

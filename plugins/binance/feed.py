@@ -30,8 +30,8 @@ import msgspec
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from kernel import PluginContext, TickbusError, hookimpl
-from schemas import FeedStatus, SnapshotRequest
+from tickbus.kernel import PluginContext, TickbusError, hookimpl
+from tickbus.schemas import FeedStatus, SnapshotRequest
 
 from .parse import FrameError, FrameParser, topic_of, warmup
 

@@ -48,7 +48,7 @@ import numba
 import numpy as np
 from numba import njit
 
-from schemas import SCALE, BookTicker, DepthDiff, DepthSnapshot, Trade
+from tickbus.schemas import SCALE, BookTicker, DepthDiff, DepthSnapshot, Trade
 
 __all__ = [
     "FrameError",

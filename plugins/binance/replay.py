@@ -30,8 +30,8 @@ from pathlib import Path
 
 import msgspec
 
-from kernel import PluginContext, TickbusError, hookimpl
-from schemas import BookTicker, DepthDiff, SnapshotRequest, Trade
+from tickbus.kernel import PluginContext, TickbusError, hookimpl
+from tickbus.schemas import BookTicker, DepthDiff, SnapshotRequest, Trade
 
 from .capture import SAMPLE, CaptureError, Frame, read_frames
 from .parse import FrameError, FrameParser, topic_of, warmup

@@ -15,8 +15,8 @@ from typing import Literal
 
 import msgspec
 
-from kernel import PluginContext, hookimpl
-from schemas import BookTop, DepthDiff, DepthSnapshot, FeedStatus, SnapshotRequest
+from tickbus.kernel import PluginContext, hookimpl
+from tickbus.schemas import BookTop, DepthDiff, DepthSnapshot, FeedStatus, SnapshotRequest
 
 from .orderbook import warmup
 from .sync import Action, BookSync

@@ -29,7 +29,7 @@ from collections import deque
 from dataclasses import dataclass, fields
 from typing import Literal
 
-from schemas import BookTop, DepthDiff, DepthSnapshot
+from tickbus.schemas import BookTop, DepthDiff, DepthSnapshot
 
 from .orderbook import OrderBook
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import msgspec
 import zmq
 
-from kernel.app import Kernel
-from kernel.router import split_frame
-from schemas import SCALE, Codec, Trade
+from tickbus.kernel.app import Kernel
+from tickbus.kernel.router import split_frame
+from tickbus.schemas import SCALE, Codec, Trade
 
 N_ORDER = 20_000
 

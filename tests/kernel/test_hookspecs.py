@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel import hookspecs
+from tickbus.kernel import hookspecs
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = [

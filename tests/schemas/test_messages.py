@@ -8,9 +8,9 @@ import typing
 import msgspec
 import pytest
 
-import schemas
-from schemas import BUILTIN_TYPES, SCALE, Codec, Msg
-from schemas import messages as m
+from tickbus import schemas
+from tickbus.schemas import BUILTIN_TYPES, SCALE, Codec, Msg
+from tickbus.schemas import messages as m
 
 ALL = [
     obj

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel import sdnotify
+from tickbus.kernel import sdnotify
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "tickbus.service"

@@ -20,8 +20,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from plugins.binance.capture import SAMPLE, Record, read_capture
-from tools.exchange_sim import ExchangeSim, Fault, main, parse_fault
+from tickbus.plugins.binance.capture import SAMPLE, Record, read_capture
+from tickbus.tools.exchange_sim import ExchangeSim, Fault, main, parse_fault
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPTH = "btcusdt@depth@100ms"
@@ -405,7 +405,7 @@ def test_fault_rest_timeout() -> None:
 
 def test_cli_subprocess_serves_then_exits_at_end_of_data() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tools.exchange_sim", "--data", str(SAMPLE), "--speed", "0"],
+        [sys.executable, "-m", "tickbus.tools.exchange_sim", "--data", str(SAMPLE), "--speed", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from conftest import SimThread, tickbus_cmd, tickbus_env
-from plugins.binance.capture import SAMPLE, read_capture
-from plugins.binance.parse import FrameParser
-from plugins.book.sync import Action, BookSync
+from tickbus.plugins.binance.capture import SAMPLE, read_capture
+from tickbus.plugins.binance.parse import FrameParser
+from tickbus.plugins.book.sync import Action, BookSync
 
 
 def record(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen[str]:

@@ -1,1 +1,1 @@
-"""Benchmarks of tickbus, run by hand (not tests): ``python -m tools.bench.<name>``."""
+"""Benchmarks of tickbus, run by hand (not tests): ``python -m tickbus.tools.bench.<name>``."""

@@ -2,7 +2,7 @@
 
 Run by hand (it is not a test)::
 
-    python -m tools.bench.bench_book [--capture FILE ...] [--market spot|usdm]
+    python -m tickbus.tools.bench.bench_book [--capture FILE ...] [--market spot|usdm]
                                      [--runs N] [--repeat R] [--top N] [--json FILE]
 
 Default capture: ``shared/data/binance`` spot BTCUSDT 2024-08-08+09 (6,495 depth events,
@@ -53,13 +53,13 @@ if str(ROOT) not in sys.path:
 import msgspec  # noqa: E402
 import numpy as np  # noqa: E402
 
-from plugins.binance import parse as bparse  # noqa: E402
-from plugins.binance.capture import SAMPLE, read_capture  # noqa: E402
-from plugins.binance.parse import FrameParser  # noqa: E402
-from plugins.book import orderbook as ob  # noqa: E402
-from plugins.book.orderbook import OrderBook  # noqa: E402
-from plugins.book.sync import Action, BookSync  # noqa: E402
-from schemas import BookTop, DepthDiff, DepthSnapshot  # noqa: E402
+from tickbus.plugins.binance import parse as bparse  # noqa: E402
+from tickbus.plugins.binance.capture import SAMPLE, read_capture  # noqa: E402
+from tickbus.plugins.binance.parse import FrameParser  # noqa: E402
+from tickbus.plugins.book import orderbook as ob  # noqa: E402
+from tickbus.plugins.book.orderbook import OrderBook  # noqa: E402
+from tickbus.plugins.book.sync import Action, BookSync  # noqa: E402
+from tickbus.schemas import BookTop, DepthDiff, DepthSnapshot  # noqa: E402
 
 try:  # optional: the strongest pure-Python sorted-map baseline
     from sortedcontainers import SortedDict

@@ -2,12 +2,12 @@
 
 Run by hand (it is not a test)::
 
-    python -m tools.bench.bench_bus [--quick] [--runs R] [--json FILE]
+    python -m tickbus.tools.bench.bench_bus [--quick] [--runs R] [--json FILE]
 
 Everything goes through the real kernel: ``Kernel`` + lanes + router started in this
 process with the bench's own plugins (defined below, passed as ``extra_plugins``), a second
 process joining the bus for the cross-process figures (this module with ``--role
-subscriber``), the real sniffer for the tap, and the real ``python -m kernel.cli run`` for
+subscriber``), the real sniffer for the tap, and the real ``python -m tickbus.kernel.cli run`` for
 start-to-READY and SIGTERM-to-exit.
 
 What is measured
@@ -27,7 +27,7 @@ What is measured
   ``tickbus sniff --json`` (subscribed to everything, output to /dev/null) in a second
   process, and with a bare zmq SUB there instead (receives, decodes nothing); the order of
   the three is rotated from run to run to cancel drift.
-* Process: ``python -m kernel.cli run CONFIG`` with a real ``NOTIFY_SOCKET``; READY=1
+* Process: ``python -m tickbus.kernel.cli run CONFIG`` with a real ``NOTIFY_SOCKET``; READY=1
   arrival - spawn, and exit - SIGTERM (after 0.3 s of running), for a 2-lane config without
   plugins and for the test plugins (found through their in-tree egg-info on PYTHONPATH).
   Interpreter start, ``import kernel.app`` and the CLI's own imports for scale.
@@ -64,11 +64,11 @@ if str(ROOT) not in sys.path:
 import msgspec  # noqa: E402
 import zmq  # noqa: E402
 
-from kernel import PluginContext, hookimpl  # noqa: E402
-from kernel.app import Kernel  # noqa: E402
-from kernel.config import parse_config  # noqa: E402
-from kernel.lane import Lane  # noqa: E402
-from schemas import SCALE, Trade  # noqa: E402
+from tickbus.kernel import PluginContext, hookimpl  # noqa: E402
+from tickbus.kernel.app import Kernel  # noqa: E402
+from tickbus.kernel.config import parse_config  # noqa: E402
+from tickbus.kernel.lane import Lane  # noqa: E402
+from tickbus.schemas import SCALE, Trade  # noqa: E402
 
 TOPIC = "md.trade.BTCUSDT"  # throughput messages
 LAT_TOPIC = "md.trade.ETHUSDT"  # latency messages (their own handler)
@@ -480,7 +480,7 @@ def start_tapper(rt: Path, variant: str) -> subprocess.Popen[Any]:
     if variant == "sniff":
         # --timeout: an orphaned sniffer ends once the tap is silent (heartbeats every 1 s
         # keep it alive while the bench's kernel runs)
-        cmd = [sys.executable, "-m", "kernel.cli", "sniff", "--endpoint", tap, "--json"]
+        cmd = [sys.executable, "-m", "tickbus.kernel.cli", "sniff", "--endpoint", tap, "--json"]
         cmd += ["--timeout", "5"]
     else:
         cmd = [sys.executable, "-c", BARE_SUB, tap]
@@ -548,7 +548,7 @@ def bench_cross_process(
     with running_kernel(rt, raw, plugins) as k:
         lane = k.lanes["hot"]
         src, acks = k.contexts["bench_src"].component, k.contexts["bench_ack"].component
-        cmd = [sys.executable, "-m", "tools.bench.bench_bus", "--role", "subscriber"]
+        cmd = [sys.executable, "-m", "tickbus.tools.bench.bench_bus", "--role", "subscriber"]
         cmd += ["--rt", str(rt), "--n", str(n), "--out", str(out)]
         sub = spawn(cmd, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
@@ -618,7 +618,7 @@ def time_cmd(cmd: list[str], runs: int, env: dict[str, str]) -> list[float]:
 
 
 def ready_and_exit(rt: Path, config: str, env: dict[str, str], runs: int) -> dict[str, Any]:
-    """``python -m kernel.cli run CONFIG`` with a real NOTIFY_SOCKET: READY and exit times."""
+    """``tickbus run CONFIG`` with a real NOTIFY_SOCKET: READY and exit times."""
     cfg = rt / "run.toml"
     cfg.write_text(config)
     addr = str(rt / "notify.sock")
@@ -631,7 +631,7 @@ def ready_and_exit(rt: Path, config: str, env: dict[str, str], runs: int) -> dic
             log = open(rt / "run.log", "wb")  # noqa: SIM115 - closed below
             t0 = time.perf_counter()
             proc = spawn(
-                [sys.executable, "-m", "kernel.cli", "run", str(cfg)],
+                [sys.executable, "-m", "tickbus.kernel.cli", "run", str(cfg)],
                 env={**env, "NOTIFY_SOCKET": addr},
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -792,7 +792,7 @@ def render(report: dict[str, Any]) -> str:
     )
     lines += [
         "",
-        f"4. PROCESS (ms): python -m kernel.cli run CONFIG{'median':>20}{'max':>8}{'target':>8}",
+        f"4. PROCESS (ms): tickbus run CONFIG{'median':>40}{'max':>8}{'target':>8}",
     ]
     for name, p in report["process_ms"].items():
         if "ready" in p:
@@ -820,7 +820,7 @@ def main_bench(args: argparse.Namespace) -> int:
     lat_n = args.lat_samples or (5_000 if args.quick else 20_000)
     pace = args.pace_us / 1e6
     report: dict[str, Any] = {
-        "command": " ".join(["python -m tools.bench.bench_bus", *sys.argv[1:]]),
+        "command": " ".join(["python -m tickbus.tools.bench.bench_bus", *sys.argv[1:]]),
         "machine": machine(),
         "n": n,
         "runs": runs,
@@ -897,7 +897,7 @@ def main_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m tools.bench.bench_bus", description=__doc__.split("\n")[0]
+        prog="python -m tickbus.tools.bench.bench_bus", description=__doc__.split("\n")[0]
     )
     p.add_argument("--quick", action="store_true", help="N = 20,000 and 5,000 latency samples")
     p.add_argument("--runs", type=int, default=5, metavar="R", help="runs per figure (5)")

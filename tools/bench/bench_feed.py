@@ -1,6 +1,6 @@
 """Feed-side benchmark through the real plugins and the real kernel (not a test).
 
-    python -m tools.bench.bench_feed [--capture FILE ...] [--runs R] [--json FILE]
+    python -m tickbus.tools.bench.bench_feed [--capture FILE ...] [--runs R] [--json FILE]
 
 Default capture: ../shared/data spot BTCUSDT 2024-08-08+09 (the 11-minute, 99,573-frame
 capture) when present, else the shipped 3-minute sample.
@@ -37,7 +37,7 @@ BIG = [SHARED / "btcusdt_20240808.gz", SHARED / "btcusdt_20240809.gz"]
 
 
 def default_capture() -> list[Path]:
-    from plugins.binance.capture import SAMPLE
+    from tickbus.plugins.binance.capture import SAMPLE
 
     return BIG if all(p.exists() for p in BIG) else [SAMPLE]
 
@@ -51,11 +51,11 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def bench_latency(files: list[Path], runs: int, depth: int) -> dict[str, Any]:
-    from kernel import hookimpl
-    from kernel.app import Kernel
-    from kernel.config import parse_config
-    from plugins.binance.capture import read_capture
-    from plugins.binance.parse import FrameParser
+    from tickbus.kernel import hookimpl
+    from tickbus.kernel.app import Kernel
+    from tickbus.kernel.config import parse_config
+    from tickbus.plugins.binance.capture import read_capture
+    from tickbus.plugins.binance.parse import FrameParser
 
     records = [(r.kind, r.symbol, r.payload, r.ts_ns) for r in read_capture(*files)]
     samples: list[tuple[int, int]] = []  # (ns, levels)
@@ -137,8 +137,8 @@ def summary(xs: list[float]) -> dict[str, float]:
 
 def replay_child(files: list[str]) -> None:
     """Run replay_feed + book to the end in this process; print figures as JSON."""
-    from kernel.app import Kernel
-    from kernel.config import parse_config
+    from tickbus.kernel.app import Kernel
+    from tickbus.kernel.config import parse_config
 
     rt = tempfile.mkdtemp(prefix="tb", dir="/tmp")
     cfg = parse_config(
@@ -177,7 +177,7 @@ def bench_throughput(files: list[Path], runs: int) -> dict[str, Any]:
     results = []
     for _ in range(runs):
         out = subprocess.run(
-            [sys.executable, "-m", "tools.bench.bench_feed", "--role", "replay",
+            [sys.executable, "-m", "tickbus.tools.bench.bench_feed", "--role", "replay",
              "--capture", *map(str, files)],
             capture_output=True, text=True, cwd=ROOT, timeout=600, check=True,
         )  # fmt: skip
@@ -194,7 +194,9 @@ def bench_throughput(files: list[Path], runs: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.bench.bench_feed", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m tickbus.tools.bench.bench_feed", description=__doc__
+    )
     p.add_argument("--capture", nargs="+", help="capture files (read as one stream)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--depth", type=int, default=20, help="levels per side in md.book")
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "replay":
         replay_child([str(f) for f in files])
         return 0
-    print(f"command : python -m tools.bench.bench_feed {' '.join(argv or sys.argv[1:])}")
+    print(f"command : python -m tickbus.tools.bench.bench_feed {' '.join(argv or sys.argv[1:])}")
     print(f"machine : nproc {os.cpu_count()}, CPython {platform.python_version()}")
     print(f"capture : {', '.join(str(f) for f in files)}; runs {args.runs}; depth {args.depth}")
     lat = bench_latency(files, args.runs, args.depth)

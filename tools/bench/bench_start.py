@@ -1,6 +1,6 @@
 """Start -> READY and SIGTERM -> exit of ``tickbus run CONFIG`` (not a test).
 
-    python -m tools.bench.bench_start [CONFIG] [--runs R]
+    python -m tickbus.tools.bench.bench_start [CONFIG] [--runs R]
 
 Each run spawns the real command with a real ``$NOTIFY_SOCKET`` datagram socket, times the
 arrival of READY=1, waits 0.5 s, sends SIGTERM and times the exit. Run it twice if the numba
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.bench.bench_start")
+    p = argparse.ArgumentParser(prog="python -m tickbus.tools.bench.bench_start")
     p.add_argument("config", nargs="?", default=str(ROOT / "configs" / "default.toml"))
     p.add_argument("--runs", type=int, default=5)
     args = p.parse_args(argv)
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ, NOTIFY_SOCKET=str(path))
         t0 = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "kernel.cli", "run", args.config],
+            [sys.executable, "-m", "tickbus.kernel.cli", "run", args.config],
             env=env, stderr=subprocess.DEVNULL, cwd=ROOT,
         )  # fmt: skip
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from plugins.binance.capture import (
+from tickbus.plugins.binance.capture import (
     SAMPLE,
     CaptureError,
     CaptureWriter,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import SimThread, book_collector
-from schemas import BookTop
+from tickbus.schemas import BookTop
 
 
 def content(b: BookTop) -> tuple[Any, ...]:
@@ -30,8 +30,8 @@ def replay_books(files: list[Path] | None = None, market: str = "spot") -> list[
     import shutil
     import tempfile
 
-    from kernel.app import Kernel
-    from kernel.config import parse_config
+    from tickbus.kernel.app import Kernel
+    from tickbus.kernel.config import parse_config
 
     rt = tempfile.mkdtemp(prefix="tb", dir="/tmp")
     replay_cfg: dict[str, Any] = {"speed": 0, "exit_at_end": False}

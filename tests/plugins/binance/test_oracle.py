@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from plugins.binance.capture import SAMPLE, read_capture
-from plugins.binance.parse import FrameParser
-from plugins.book.sync import Action, BookSync, Market
-from schemas import BookTicker, DepthDiff
+from tickbus.plugins.binance.capture import SAMPLE, read_capture
+from tickbus.plugins.binance.parse import FrameParser
+from tickbus.plugins.book.sync import Action, BookSync, Market
+from tickbus.schemas import BookTicker, DepthDiff
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "binance"
 HFT = SHARED / "hftbacktest" / "examples"
@@ -133,10 +133,10 @@ _WARM_PROBE = """
 import json, time
 t0 = time.perf_counter()
 import numba
-from plugins.binance import parse as bp
-from plugins.binance.capture import SAMPLE, read_capture
-from plugins.book.sync import BookSync
-from plugins.book import orderbook as ob
+from tickbus.plugins.binance import parse as bp
+from tickbus.plugins.binance.capture import SAMPLE, read_capture
+from tickbus.plugins.book.sync import BookSync
+from tickbus.plugins.book import orderbook as ob
 ob.warmup()
 bp.warmup()
 t_ready = time.perf_counter() - t0

@@ -11,9 +11,9 @@ import msgspec
 import numpy as np
 import pytest
 
-from kernel.fixed import to_fixed
-from plugins.binance.capture import SAMPLE, read_capture
-from plugins.binance.parse import (
+from tickbus.kernel.fixed import to_fixed
+from tickbus.plugins.binance.capture import SAMPLE, read_capture
+from tickbus.plugins.binance.parse import (
     FrameError,
     FrameParser,
     _entry_point,
@@ -23,7 +23,7 @@ from plugins.binance.parse import (
     parse_frame,
     parse_snapshot,
 )
-from schemas import BookTicker, DepthDiff, DepthSnapshot, Trade
+from tickbus.schemas import BookTicker, DepthDiff, DepthSnapshot, Trade
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "binance"
 HFT = SHARED / "hftbacktest" / "examples"

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from conftest import book_collector, tickbus_cmd, tickbus_env, write_config
-from plugins.binance.capture import SAMPLE, CaptureError, read_capture
-from schemas import BookTop
+from tickbus.plugins.binance.capture import SAMPLE, CaptureError, read_capture
+from tickbus.schemas import BookTop
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -136,8 +136,8 @@ def test_backtest_config_runs_to_the_end(tmp_path: Path) -> None:
 
 
 def test_every_shipped_config_is_valid() -> None:
-    from kernel.config import load_config
-    from kernel.plugins import PluginManager
+    from tickbus.kernel.config import load_config
+    from tickbus.kernel.plugins import PluginManager
 
     for path in sorted((ROOT / "configs").glob("*.toml")):
         cfg = load_config(path)

@@ -17,10 +17,10 @@ import msgspec
 import numpy as np
 import pytest
 
-from plugins.binance.capture import SAMPLE, read_capture
-from plugins.binance.parse import FrameParser
-from plugins.book.sync import Action, BookSync, Market, SyncState
-from schemas import BookTicker, DepthDiff, DepthSnapshot
+from tickbus.plugins.binance.capture import SAMPLE, read_capture
+from tickbus.plugins.binance.parse import FrameParser
+from tickbus.plugins.book.sync import Action, BookSync, Market, SyncState
+from tickbus.schemas import BookTicker, DepthDiff, DepthSnapshot
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "binance"
 HFT = SHARED / "hftbacktest" / "examples"

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugins.binance.capture import SAMPLE, read_capture
-from plugins.binance.parse import FrameParser
-from plugins.book.orderbook import MERGE_MIN, BookError, OrderBook
-from schemas import DepthDiff, DepthSnapshot
+from tickbus.plugins.binance.capture import SAMPLE, read_capture
+from tickbus.plugins.binance.parse import FrameParser
+from tickbus.plugins.book.orderbook import MERGE_MIN, BookError, OrderBook
+from tickbus.schemas import DepthDiff, DepthSnapshot
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "binance"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not present")

@@ -9,8 +9,8 @@ from typing import Any
 
 import msgspec
 
-from kernel import PluginContext, hookimpl
-from schemas import SCALE, Fill, Trade
+from tickbus.kernel import PluginContext, hookimpl
+from tickbus.schemas import SCALE, Fill, Trade
 
 
 class ProducerConfig(msgspec.Struct, forbid_unknown_fields=True):

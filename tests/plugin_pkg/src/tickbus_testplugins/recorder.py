@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from kernel import PluginContext, hookimpl
+from tickbus.kernel import PluginContext, hookimpl
 
 
 class RecorderConfig(msgspec.Struct, forbid_unknown_fields=True):
