@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -50,6 +51,8 @@ class Kernel:
         self.order: list[str] = []
         self.router: Router | None = None
         self.shutdown_reason = ""
+        self.failures: list[str] = []
+        """Why this run must exit non-zero (a task died, input was lost...); logged at exit."""
         self._extra = extra_plugins or {}
         self._zctx: zmq.Context | None = None
         self._stop_requested = threading.Event()
@@ -124,6 +127,8 @@ class Kernel:
                 runtime_dir=cfg.runtime_dir,
                 state_dir=cfg.state_dir,
                 request_shutdown=self.request_shutdown,
+                report_failure=self.report_failure,
+                config_dir=Path(cfg.path).resolve().parent if cfg.path != "<config>" else None,
             )
             self.contexts[name] = ctx
             # set-up may compile numba kernels on a cold cache: tens of seconds, once
@@ -179,11 +184,18 @@ class Kernel:
 
     # ------------------------------------------------------------------ run
 
-    def request_shutdown(self, reason: str) -> None:
-        """Ask the process to stop (thread-safe; the first reason is kept)."""
+    def request_shutdown(self, reason: str, failed: bool = False) -> None:
+        """Ask the process to stop (thread-safe; the first reason is kept). ``failed``
+        makes the exit status non-zero."""
+        if failed:
+            self.report_failure(reason)
         if not self._stop_requested.is_set():
             self.shutdown_reason = reason
             self._stop_requested.set()
+
+    def report_failure(self, what: str) -> None:
+        """Record why the run must end with a non-zero exit status (thread-safe)."""
+        self.failures.append(what)
 
     def lanes_alive(self) -> bool:
         """True while every lane's loop has beaten recently (fed to the systemd watchdog)."""
@@ -206,7 +218,23 @@ class Kernel:
                 log.error("a lane stopped beating; withholding the watchdog ping")
         sdnotify.notify(f"STOPPING=1\nSTATUS=stopping: {self.shutdown_reason}")
         log.info("stopping: %s", self.shutdown_reason)
-        return 0 if self.stop() else 1
+        ok = self.stop()
+        return self.exit_status(ok)
+
+    def exit_status(self, stopped_cleanly: bool = True) -> int:
+        """0 only if the run did its job: stopped cleanly, no handler raised, no task died,
+        no plugin reported lost input. Every reason for a non-zero status is logged."""
+        for lane in self.lanes.values():
+            if lane.stats.handler_errors:
+                self.failures.append(
+                    f"lane {lane.name}: {lane.stats.handler_errors} message(s) hit a handler"
+                    " that raised (see the first traceback above)"
+                )
+        if not stopped_cleanly:
+            self.failures.append("the stop did not complete in time (see above)")
+        for why in self.failures:
+            log.error("exit status 1: %s", why)
+        return 1 if self.failures else 0
 
     def _install_signals(self) -> None:
         def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -52,6 +52,9 @@ class KernelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     drain_timeout_s: float = 10.0
     """Longest a drain may take while lanes are still working off a backlog: nothing
     already published is dropped at shutdown unless this runs out (then it is logged)."""
+    status_interval_s: float = 10.0
+    """Log a status line this often: per-topic rates, lane backlogs and each plugin's
+    fragment (``tickbus_status``); 0 turns it off."""
 
 
 class BusConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -196,6 +199,8 @@ def parse_config(raw: dict[str, Any], path: str = "<config>") -> Config:
     for key in ("stop_timeout_s", "drain_timeout_s"):
         if getattr(kernel, key) <= 0:
             raise ConfigError(path, f"kernel.{key}", "must be > 0")
+    if kernel.status_interval_s < 0:
+        raise ConfigError(path, "kernel.status_interval_s", "must be >= 0 (0: no status line)")
     bus = convert(path, "bus", raw.get("bus", {}), BusConfig)
     if bool(bus.join_pub) != bool(bus.join_sub):
         raise ConfigError(path, "bus.join_pub", "join_pub and join_sub must be set together")

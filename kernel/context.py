@@ -33,7 +33,9 @@ class PluginContext:
         process: str,
         runtime_dir: Path,
         state_dir: Path,
-        request_shutdown: Callable[[str], None],
+        request_shutdown: Callable[[str, bool], None],
+        report_failure: Callable[[str], None] | None = None,
+        config_dir: Path | None = None,
     ) -> None:
         self.name = name
         """Instance name: the ``[plugins.<name>]`` table."""
@@ -46,12 +48,15 @@ class PluginContext:
         self.process = process
         self.runtime_dir = runtime_dir
         self.state_dir = state_dir
+        self.config_dir = config_dir or Path.cwd()
+        """Directory of the config file: relative paths in a config resolve against it."""
         self.log = logging.getLogger(f"tickbus.{name}")
         self.component: Any = None
         """What ``tickbus_setup`` returned."""
         self.publish: Callable[[str, Msg], None] = lane.publish
         self._lane = lane
         self._request_shutdown = request_shutdown
+        self._report_failure = report_failure or (lambda what: None)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -65,9 +70,19 @@ class PluginContext:
         whichever lane or process published it. Call from ``tickbus_setup``."""
         self._lane.subscribe(prefix, handler)
 
+    def resolve_path(self, path: str | Path) -> Path:
+        """``path`` with ``~`` expanded, relative to the config file's directory."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.config_dir / p
+
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """Run ``coro`` as a task on the lane's loop; it is cancelled when the plugin stops.
-        A task that dies with an exception is logged, never silently lost."""
+
+        A task is part of the plugin's health: one that dies with an exception is logged
+        with its traceback and stops the whole process with a non-zero exit status - a
+        process is never left half alive (e.g. a feed whose reader died while its lane
+        still heartbeats). A task that must survive errors catches them itself and retries
+        (with backoff); one that simply returns has finished its work."""
         task = self.loop.create_task(coro, name=name or f"{self.name}-task")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -75,14 +90,32 @@ class PluginContext:
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("task %s failed", task.get_name(), exc_info=task.exception())
+        if task.cancelled():
+            return
+        err = task.exception()
+        if err is not None:
+            self.log.error("task %s died", task.get_name(), exc_info=err)
+            self._request_shutdown(
+                f"{self.name}: task {task.get_name()} died: {type(err).__name__}: {err}", True
+            )
+
+    @property
+    def tasks(self) -> int:
+        """How many of this instance's tasks are running."""
+        return len(self._tasks)
 
     def cancel_tasks(self) -> None:
         """Cancel every task made with :meth:`spawn` (done by the kernel after stop)."""
         for task in list(self._tasks):
             task.cancel()
 
-    def request_shutdown(self, reason: str) -> None:
-        """Ask the kernel to stop the whole process (e.g. a replay reached its end)."""
-        self._request_shutdown(f"{self.name}: {reason}")
+    def request_shutdown(self, reason: str, *, failed: bool = False) -> None:
+        """Ask the kernel to stop the whole process (e.g. a replay reached its end).
+        ``failed``: the run did not do its job (input lost, unreadable data), so the
+        process exits with a non-zero status."""
+        self._request_shutdown(f"{self.name}: {reason}", failed)
+
+    def report_failure(self, what: str) -> None:
+        """Record that this run lost something or hit an error it recovered from (it goes
+        on); the process then exits non-zero at its end, and the reason is logged."""
+        self._report_failure(f"{self.name}: {what}")

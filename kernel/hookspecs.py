@@ -18,6 +18,9 @@ Lifecycle of every plugin instance, each call made on the instance's lane thread
     tickbus_stop(ctx)     -> stop producing (reverse order); handlers still receive
     ... the kernel drains the bus until no lane has anything in flight ...
     tickbus_shutdown(ctx) -> flush and release (reverse order); no message arrives after
+
+While running, ``tickbus_status(ctx)`` is asked every ``[kernel] status_interval_s`` for a
+short fragment of the status line the kernel logs.
 """
 
 from __future__ import annotations
@@ -97,3 +100,17 @@ def tickbus_shutdown(ctx: PluginContext) -> None:
 
     Called in reverse start order once every instance is stopped and no lane has a
     message in flight; no message is delivered after it."""
+
+
+# --------------------------------------------------------------------------- while running
+
+
+@hookspec(firstresult=True)
+def tickbus_status(ctx: PluginContext) -> str | None:
+    """Return a short, human-readable fragment for the periodic status line, or None.
+
+    Called every ``[kernel] status_interval_s`` (default 10 s) on the instance's lane
+    thread, between messages, so it may read the plugin's state without a lock. Say what
+    an operator must know at a glance: e.g. the book's "BTCUSDT valid @ 4180332 (lag 12 ms)",
+    the feed's "connected, 312 frames/s, 0 bad", a replay's "41% of sample.gz, 2.1x".
+    Keep it cheap and under ~100 characters; it is logged as ``<instance>: <fragment>``."""

@@ -149,6 +149,11 @@ class PluginManager:
         """``tickbus_shutdown`` of one instance."""
         self._caller("tickbus_shutdown", ctx.plugin)(ctx=ctx)
 
+    def status(self, ctx: PluginContext) -> str | None:
+        """``tickbus_status`` of one instance (its fragment of the status line)."""
+        result: str | None = self._caller("tickbus_status", ctx.plugin)(ctx=ctx)
+        return result
+
     def loaded(self) -> Sequence[str]:
         """Names of the registered plugins."""
         return [n for n, _ in self.pm.list_name_plugin()]
