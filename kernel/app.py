@@ -12,6 +12,7 @@ anything between two rounds, so every cross-lane message has been handled -> shu
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import logging
 import signal
@@ -31,11 +32,15 @@ from .clock import make_clock
 from .config import Config
 from .context import PluginContext
 from .errors import TickbusError
-from .lane import Lane
+from .lane import Lane, LaneDead
 from .plugins import PluginManager
 from .router import Router
 
 log = logging.getLogger("tickbus.kernel")
+
+
+class StartAborted(TickbusError):
+    """A stop was requested (SIGTERM) before every plugin had started."""
 
 
 class Kernel:
@@ -51,6 +56,8 @@ class Kernel:
         self.order: list[str] = []
         self.router: Router | None = None
         self.shutdown_reason = ""
+        self._status_counts: dict[str, int] = {}
+        self._status_at = time.monotonic()
         self.failures: list[str] = []
         """Why this run must exit non-zero (a task died, input was lost...); logged at exit."""
         self._extra = extra_plugins or {}
@@ -111,6 +118,7 @@ class Kernel:
                 exact_interest=exact,
                 cpu=lane_cfg.cpu,
             )
+            lane.on_death = lambda why: self.request_shutdown(why, failed=True)
             lane.start()
             self.lanes[lane_name] = lane
 
@@ -171,7 +179,9 @@ class Kernel:
         timeout: float,
     ) -> Any:
         try:
-            return lane.call(hook, ctx, timeout=timeout)
+            return self._call_abortable(lane, hook, ctx, timeout=timeout)
+        except StartAborted:
+            raise
         except TickbusError as err:
             raise TickbusError(f"plugin {ctx.name!r}: {err}") from err
         except TimeoutError:
@@ -181,6 +191,33 @@ class Kernel:
             raise TickbusError(
                 f"plugin {ctx.name!r} failed to {what}: {type(err).__name__}: {err}"
             ) from err
+
+    def _call_abortable(
+        self, lane: Lane, fn: Callable[..., Any], *args: Any, timeout: float
+    ) -> Any:
+        """``lane.call`` that gives up as soon as a stop is requested (SIGTERM while a
+        plugin sets up - a cold numba compile takes tens of seconds)."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as err:
+                fut.set_exception(err)
+
+        assert lane.loop is not None
+        lane.loop.call_soon_threadsafe(run)
+        end = time.monotonic() + timeout
+        while True:
+            if self._stop_requested.is_set():
+                raise StartAborted(f"stopped during start-up ({self.shutdown_reason})")
+            if not lane.alive:
+                raise TickbusError(f"lane {lane.name} died ({lane.dead})")
+            try:
+                return fut.result(min(0.05, max(0.0, end - time.monotonic())))
+            except TimeoutError:
+                if time.monotonic() >= end:
+                    raise
 
     # ------------------------------------------------------------------ run
 
@@ -201,21 +238,40 @@ class Kernel:
         """True while every lane's loop has beaten recently (fed to the systemd watchdog)."""
         limit = 2 * self.config.kernel.heartbeat_s + 0.5
         now = time.monotonic()
-        return all(now - lane.last_beat < limit for lane in self.lanes.values())
+        return all(lane.alive and now - lane.last_beat < limit for lane in self.lanes.values())
+
+    def healthy(self) -> bool:
+        """Every lane beats and nothing failed: the condition for the watchdog ping. A
+        plugin task that died has already asked for a (failed) shutdown, so a process is
+        never pinged as healthy while half of it is gone."""
+        return self.lanes_alive() and not self.failures
 
     def run(self, *, handle_signals: bool = True) -> int:
         """Start, report READY, feed the watchdog until asked to stop, stop. Exit code."""
         if handle_signals:
             self._install_signals()
-        self.start()
+        try:
+            self.start()
+        except StartAborted as err:
+            log.warning("%s", err)
+            return self.exit_status()
         sdnotify.notify(f"READY=1\nSTATUS=running: {len(self.order)} plugins")
         interval = sdnotify.watchdog_interval_s()  # already half of WatchdogSec
-        tick = interval or 1.0
+        status_s = self.config.kernel.status_interval_s
+        tick = min(interval or 1.0, status_s or 1.0)
+        next_status = time.monotonic() + status_s
+        next_ping = 0.0
         while not self._stop_requested.wait(tick):
-            if interval and self.lanes_alive():
-                sdnotify.notify("WATCHDOG=1")
-            elif interval:
-                log.error("a lane stopped beating; withholding the watchdog ping")
+            now = time.monotonic()
+            if interval and now >= next_ping:
+                next_ping = now + interval
+                if self.healthy():
+                    sdnotify.notify("WATCHDOG=1")
+                else:
+                    log.error("a lane stopped beating; withholding the watchdog ping")
+            if status_s and now >= next_status:
+                next_status = now + status_s
+                self.log_status()
         sdnotify.notify(f"STOPPING=1\nSTATUS=stopping: {self.shutdown_reason}")
         log.info("stopping: %s", self.shutdown_reason)
         ok = self.stop()
@@ -236,6 +292,43 @@ class Kernel:
             log.error("exit status 1: %s", why)
         return 1 if self.failures else 0
 
+    def log_status(self) -> None:
+        """One status line: per-topic rates since the last line, lane loop lag, and each
+        plugin's own fragment (``tickbus_status``)."""
+        now = time.monotonic()
+        counts = {t: c[0] for lane in self.lanes.values() for t, c in lane.topic_counts.items()}
+        dt = max(1e-9, now - self._status_at)
+        rates = sorted(
+            ((t, (n - self._status_counts.get(t, 0)) / dt) for t, n in counts.items()),
+            key=lambda x: -x[1],
+        )
+        self._status_counts, self._status_at = counts, now
+        parts = [
+            "rates/s " + (", ".join(f"{t} {r:.0f}" for t, r in rates[:6] if r > 0) or "none")
+        ]
+        for lane in self.lanes.values():
+            parts.append(f"lane {lane.name} lag {self._loop_lag_ms(lane):.1f} ms")
+        for name in self.order:
+            ctx = self.contexts[name]
+            try:
+                fragment = self.lanes[ctx.lane_name].call(self.manager.status, ctx, timeout=1.0)
+            except Exception as err:
+                fragment = f"status failed: {type(err).__name__}"
+            if fragment:
+                parts.append(f"{name}: {fragment}")
+        log.info("status: %s", "; ".join(parts))
+
+    @staticmethod
+    def _loop_lag_ms(lane: Lane) -> float:
+        """How long a call waits for the lane's loop: its backlog, in time (-1: no answer
+        within 1 s)."""
+        t0 = time.perf_counter()
+        try:
+            lane.call(time.perf_counter, timeout=1.0)
+        except Exception:
+            return -1.0
+        return (time.perf_counter() - t0) * 1e3
+
     def _install_signals(self) -> None:
         def on_signal(signum: int, frame: FrameType | None) -> None:
             if self._stop_requested.is_set():
@@ -254,15 +347,17 @@ class Kernel:
             return True
         deadline = time.monotonic() + self.config.kernel.stop_timeout_s
         ok = True
-        if self.lanes:
-            first = next(iter(self.lanes.values()))
+        alive = [lane for lane in self.lanes.values() if lane.alive]
+        if alive:
+            first = alive[0]
             msg = Shutdown(self.name, self.shutdown_reason or "stop", self.clock.now_ns())
             ok &= self._call(first, first.publish, "sys.shutdown", msg, deadline=deadline)
         for name in reversed(self._started):
             ctx = self.contexts[name]
             lane = self.lanes[ctx.lane_name]
             ok &= self._call(lane, self.manager.stop, ctx, deadline=deadline, what=f"stop {name}")
-            ok &= self._call(lane, ctx.cancel_tasks, deadline=deadline)
+            if lane.alive:
+                ok &= self._call(lane, ctx.cancel_tasks, deadline=deadline)
         drained = self._drain(deadline)
         if not drained:
             log.error("the bus did not drain before the stop deadline; messages may be lost")
@@ -280,7 +375,13 @@ class Kernel:
     def _call(
         self, lane: Lane, fn: Callable[..., Any], *args: Any, deadline: float, what: str = ""
     ) -> bool:
+        """Run a stop-time hook on its lane; on a dead lane's plugins it runs here, on the
+        main thread (their thread is gone, so nothing races it): a flush must still run."""
         try:
+            if not lane.alive:
+                log.warning("lane %s is dead: running %s on the main thread", lane.name, what)
+                fn(*args)
+                return True
             lane.call(fn, *args, timeout=max(0.01, deadline - time.monotonic()))
             return True
         except TimeoutError:
@@ -295,6 +396,11 @@ class Kernel:
         A backlog (a slow consumer) is worked off rather than dropped: while lanes keep
         handling messages the deadline moves, up to ``drain_timeout_s``."""
         lanes = list(self.lanes.values())
+        dead = [lane.name for lane in lanes if not lane.alive]
+        if dead:
+            log.error("cannot drain the bus: lane(s) %s dead; what was in flight to them is lost",
+                      ", ".join(dead))  # fmt: skip
+            return False
         if len(lanes) < 2:
             return True
         hard = time.monotonic() + self.config.kernel.drain_timeout_s
@@ -304,7 +410,7 @@ class Kernel:
             try:
                 waits = [lane.call(lane.expect_barrier, epoch, timeout=rest) for lane in lanes]
                 sent = tuple(lane.call(lane.send_barrier, epoch, timeout=rest) for lane in lanes)
-            except TimeoutError:
+            except (TimeoutError, LaneDead):
                 return False
             for fut in waits:
                 while True:

@@ -47,6 +47,11 @@ _BARRIER_B = BARRIER_TOPIC.encode()
 _NOBLOCK = int(zmq.NOBLOCK)
 _RECV_BATCH = 512  # frames handled per wake-up before yielding to the loop's other work
 _POKE_S = 0.05  # re-check sockets: a ZeroMQ FD is edge-triggered and a send can eat an edge
+MAX_ROUTES = 4096
+"""Topics a lane compiles and caches, per direction. Topics are made from data (symbols)
+and arrive from outside the process: past this many, a topic is routed without caching
+(slower, bounded memory) and the overflow is counted and logged once."""
+MAX_TOPIC_BYTES = 200
 
 
 def _fd(sock: zmq.Socket) -> int:
@@ -58,9 +63,14 @@ def _ignore(*args: Any) -> None:
     """Stands in for a socket's send where there is no socket."""
 
 
+class LaneDead(RuntimeError):
+    """The lane's loop is not running: nothing can be called on it."""
+
+
 class Route(msgspec.Struct, frozen=True, gc=False):
     """What one topic compiles to inside a lane."""
 
+    count: list[int]  # messages published on the topic: [n], kept across recompiles
     handlers: tuple[Handler, ...]
     header: bytes  # topic + SEP + origin: the start of the frame
     out: bool  # to_bus or to_tap: the one test the untapped hot path pays
@@ -71,13 +81,14 @@ class Route(msgspec.Struct, frozen=True, gc=False):
 class LaneStats(msgspec.Struct):
     """Counters of one lane (read by metrics and tests; written only by the lane thread)."""
 
-    published: int = 0
     sent: int = 0
     tapped: int = 0
     received: int = 0
     bad_frames: int = 0
     handler_errors: int = 0
+    encode_errors: int = 0
     heartbeats: int = 0
+    uncached_topics: int = 0
 
 
 class Lane:
@@ -128,6 +139,14 @@ class Lane:
         self._barrier_waiters: dict[int, concurrent.futures.Future[int]] = {}
         self._peers = 0
         self._failed_handlers: set[Any] = set()
+        self._failed_encodes: set[str] = set()
+        self.topic_counts: dict[str, list[int]] = {}
+        """Messages published per topic (a one-element list, shared with its Route)."""
+        self.on_death: Callable[[str], None] | None = None
+        """Called (from the lane thread) when the lane's loop ends other than by stop_loop,
+        or a handler raised a BaseException that is not an Exception (SystemExit...)."""
+        self.dead = ""
+        self._stopping = False
         self._bad_kinds: set[str] = set()
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
@@ -181,6 +200,10 @@ class Lane:
         self._ready.set()
         try:
             loop.run_forever()
+            if not self._stopping:  # pragma: no cover - only stop_loop stops the loop
+                self._died("its loop stopped")
+        except BaseException as err:  # a SystemExit in a task escapes run_forever
+            self._died(f"{type(err).__name__}: {err}", err)
         finally:
             for sock in (self._xpub, self._tap, self._sub):
                 if sock is not None:
@@ -202,6 +225,8 @@ class Lane:
     def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = 5.0) -> T:
         """Run ``fn(*args)`` on the lane thread and return its result (from another thread)."""
         assert self.loop is not None
+        if not self.alive:
+            raise LaneDead(f"lane {self.name} is dead ({self.dead or 'not running'})")
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
 
         def run() -> None:
@@ -212,12 +237,27 @@ class Lane:
             except BaseException as err:
                 fut.set_exception(err)
 
-        self.loop.call_soon_threadsafe(run)
+        try:
+            self.loop.call_soon_threadsafe(run)
+        except RuntimeError:  # the loop closed in between
+            raise LaneDead(f"lane {self.name} is dead ({self.dead or 'not running'})") from None
         return fut.result(timeout)
+
+    def _died(self, why: str, err: BaseException | None = None) -> None:
+        self.dead = why
+        log.critical("lane %s died: %s", self.name, why, exc_info=err)
+        if self.on_death is not None:
+            self.on_death(f"lane {self.name} died: {why}")
+
+    @property
+    def alive(self) -> bool:
+        """The lane's thread runs its loop."""
+        return self.thread.is_alive() and not self.dead
 
     def stop_loop(self, timeout: float = 1.0) -> bool:
         """Stop the loop and join the thread; False if the lane did not end in time."""
-        if self.loop is not None and self.thread.is_alive():
+        self._stopping = True
+        if self.loop is not None and self.thread.is_alive() and not self.loop.is_closed():
             if self._hb_handle is not None:
                 self.loop.call_soon_threadsafe(self._hb_handle.cancel)
             self.loop.call_soon_threadsafe(self.loop.stop)
@@ -272,14 +312,20 @@ class Lane:
         route = self._routes.get(topic)
         if route is None:
             route = self._compile(topic)
-        self.stats.published += 1
+        route.count[0] += 1
         for handler in route.handlers:
             try:
                 handler(msg)
             except Exception:
                 self._handler_failed(handler, topic)
+            except BaseException as err:  # SystemExit... must not kill the lane silently
+                self._handler_failed(handler, topic, err)
         if route.out:
-            frame = route.header + self._encode(msg)
+            try:
+                frame = route.header + self._encode(msg)
+            except Exception as err:  # e.g. an int beyond 64 bits: never the publisher's problem
+                self._encode_failed(topic, msg, err)
+                return
             if route.to_bus:
                 self._send(frame, 0, True)
                 self.stats.sent += 1
@@ -287,14 +333,37 @@ class Lane:
                 self._send_tap(frame, 0, True)
                 self.stats.tapped += 1
 
+    @property
+    def published(self) -> int:
+        """Messages published in this lane (all topics)."""
+        return sum(c[0] for c in self.topic_counts.values())
+
     def _compile(self, topic: str) -> Route:
         handlers = tuple(h for p, h in self._subs if topic.startswith(p))
         wire = topic.encode()
         to_bus = any(wire.startswith(p) and self._outside(p) for p in self._interest)
         to_tap = any(wire.startswith(p) for p in self._tap_interest)
-        route = Route(handlers, wire + SEP + self.origin, to_bus or to_tap, to_bus, to_tap)
-        self._routes[topic] = route
+        count = self.topic_counts.get(topic)
+        if count is None:
+            count = [0]
+            if len(self.topic_counts) < MAX_ROUTES:
+                self.topic_counts[topic] = count
+        route = Route(count, handlers, wire + SEP + self.origin, to_bus or to_tap, to_bus, to_tap)
+        if len(self._routes) < MAX_ROUTES:
+            self._routes[topic] = route
+        else:
+            self._too_many_topics(topic)
         return route
+
+    def _too_many_topics(self, topic: str) -> None:
+        self.stats.uncached_topics += 1
+        if self.stats.uncached_topics == 1:
+            log.warning(
+                "lane %s: more than %d distinct topics (e.g. %r); routing the rest uncached",
+                self.name,
+                MAX_ROUTES,
+                topic[:60],
+            )
 
     def _outside(self, prefix: bytes) -> bool:
         n = self._interest.get(prefix, 0)
@@ -304,12 +373,33 @@ class Lane:
             n -= 1
         return n > 0
 
-    def _handler_failed(self, handler: Any, topic: str) -> None:
+    def _handler_failed(self, handler: Any, topic: str, fatal: BaseException | None = None) -> None:
         self.stats.handler_errors += 1
         key = getattr(handler, "__qualname__", repr(handler))
+        if fatal is not None:
+            # SystemExit/KeyboardInterrupt/GeneratorExit from a handler: contained here (the
+            # lane goes on, stop and flush still run), but the process must not go on as if
+            # nothing happened.
+            log.critical(
+                "lane %s: handler %s raised %s on %s; stopping the process",
+                self.name, key, type(fatal).__name__, topic, exc_info=fatal,
+            )  # fmt: skip
+            if self.on_death is not None:
+                self.on_death(f"lane {self.name}: handler {key} raised {type(fatal).__name__}")
+            return
         if key not in self._failed_handlers:
             self._failed_handlers.add(key)
             log.exception("lane %s: handler %s failed on %s (logged once)", self.name, key, topic)
+
+    def _encode_failed(self, topic: str, msg: Msg, err: Exception) -> None:
+        self.stats.encode_errors += 1
+        if topic not in self._failed_encodes:
+            self._failed_encodes.add(topic)
+            log.error(
+                "lane %s: cannot encode a %s on %s for the bus (%s: %s); not sent outside the"
+                " lane (logged once per topic); sample %r",
+                self.name, type(msg).__name__, topic, type(err).__name__, err, msg,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ from the router
 
@@ -350,24 +440,32 @@ class Lane:
             if handlers is None:
                 handlers = self._compile_in(wire_topic)
                 if handlers is None:
-                    self._bad_frame("topic is not UTF-8", frame)
+                    self._bad_frame("topic is not printable ASCII or too long", frame)
                     continue
             for handler in handlers:
                 try:
                     handler(msg)
                 except Exception:
                     self._handler_failed(handler, wire_topic.decode())
+                except BaseException as err:
+                    self._handler_failed(handler, wire_topic.decode(), err)
         # more frames may be waiting: let other callbacks run, then continue
         assert self.loop is not None
         self.loop.call_soon(self._on_bus_readable)
 
     def _compile_in(self, wire_topic: bytes) -> tuple[Handler, ...] | None:
-        try:
-            topic = wire_topic.decode()
-        except UnicodeDecodeError:
+        """Handlers of a topic that came from outside the lane; None if it is no topic
+        (not printable ASCII, or too long). Cached up to MAX_ROUTES topics."""
+        if len(wire_topic) > MAX_TOPIC_BYTES or not wire_topic.isascii():
+            return None
+        topic = wire_topic.decode()
+        if not topic.isprintable():
             return None
         handlers = tuple(h for p, h in self._subs if topic.startswith(p))
-        self._in_routes[wire_topic] = handlers
+        if len(self._in_routes) < MAX_ROUTES:
+            self._in_routes[wire_topic] = handlers
+        else:
+            self._too_many_topics(topic)
         return handlers
 
     def _bad_frame(self, why: str, frame: bytes) -> None:
