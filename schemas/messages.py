@@ -39,10 +39,13 @@ Packed bytes cost nothing to pass in-lane, encode as one msgpack bin, and are vi
 numpy without a copy - a list of tuples would cost ~0.1 us per level each way."""
 
 Side = Literal["buy", "sell"]
-OrderKind = Literal["limit", "market"]
-TimeInForce = Literal["GTC", "IOC", "FOK", "GTX"]
+OrderType = Literal["market", "limit", "post_only"]
+TimeInForce = Literal["GTC", "IOC", "FOK", "GTD"]
 Liquidity = Literal["maker", "taker"]
-OrderStatus = Literal["new", "partially_filled", "filled", "canceled", "rejected", "expired"]
+OrderStatus = Literal[
+    "new", "accepted", "partially_filled", "filled", "canceled", "expired", "rejected"
+]
+TradingState = Literal["active", "reducing", "halted"]
 
 
 class Msg(msgspec.Struct, frozen=True, gc=False, tag=True, array_like=True):
@@ -149,26 +152,53 @@ class FeedStatus(Msg):
 # --------------------------------------------------------------------------- derived
 
 
-class Features(Msg):
-    """Order-book and trade-flow features for one symbol, topic ``feat.<SYMBOL>``."""
+class FeatureVector(Msg):
+    """Order-book and trade-flow features of one symbol after a valid book event, topic
+    ``feat.<SYMBOL>``. Field names are the original design's; each is defined (formula,
+    window, units) by the ``features`` plugin (plugins/features) and the README. Ratios and
+    rates are floats (never NaN or inf on the bus); ``mid`` and ``vwap`` are prices in
+    1/SCALE units like every price on the bus."""
 
     symbol: str
-    values: dict[str, float]
-    ts_exchange_ns: int
+    timestamp_ns: int
+    """Venue time of the book event (``ts_exchange_ns``)."""
+    mid: int
+    volatility: float
+    momentum: float
+    imbalance: float
+    weighted_imbalance: float
+    spread_bps: float
+    depth_ratio: float
+    bid_pressure: float
+    ask_pressure: float
+    vwap: int
+    trade_flow: float
+    toxicity: float
+    price_acceleration: float
+    volume_surge: float
+    book_update_id: int
+    """``last_update_id`` of the book the vector was computed on."""
     ts_recv_ns: int
+    """Receive time of the frame that caused it (tick-to-trade starts here)."""
 
 
 class Signal(Msg):
-    """A strategy's view, topic ``sig.<SYMBOL>``.
+    """A strategy's view of one symbol, topic ``sig.<SYMBOL>``.
 
-    ``strength`` in [-1, 1] (positive: buy); ``target_qty`` is the signed position the
-    strategy wants, in 1/SCALE units."""
+    ``direction`` +1 buy / -1 sell / 0 none; ``strength`` in [-1, 1] (signed, after decay);
+    ``confidence`` in [0, 1]. A signal that did not pass the strategy's own filters is still
+    published, with ``suppressed`` saying why (e.g. "confidence 0.41 < min_confidence 0.70");
+    an active signal has ``suppressed == ""``."""
 
     symbol: str
-    strategy: str
+    strategy_id: str
+    direction: int
     strength: float
-    target_qty: int
-    ts_exchange_ns: int
+    confidence: float
+    holding_period_ms: int
+    suppressed: str
+    timestamp_ns: int
+    """Clock time of the decision."""
     ts_recv_ns: int
 
 
@@ -176,51 +206,72 @@ class Signal(Msg):
 
 
 class OrderRequest(Msg):
-    """An order a strategy wants, topic ``ord.request``; ``px`` is 0 for market orders."""
+    """An order a strategy wants, topic ``ord.request`` (risk decides, then the broker).
+
+    ``px`` is 0 for market orders. ``order_type``: "market", "limit", or "post_only" (a
+    limit order rejected if it would take liquidity). ``tif``: GTC, IOC, FOK, or GTD (expires
+    at ``expire_at_ns`` on the kernel clock). ``replaces``: a cancel-replace - the broker
+    cancels that working order of the same strategy and places this one (risk counts only
+    the new one). ``client_order_id`` is unique per run and strategy (see ``order_id``)."""
 
     client_order_id: str
+    strategy_id: str
     symbol: str
     side: Side
-    kind: OrderKind
-    px: int
-    qty: int
+    order_type: OrderType
     tif: TimeInForce
-    strategy: str
+    qty: int
+    px: int
+    expire_at_ns: int
+    reduce_only: bool
+    replaces: str
     ts_recv_ns: int
+    """Receive time of the tick that caused the order."""
     ts_created_ns: int
+    """Clock time when the strategy made it."""
 
 
 class OrderAccepted(Msg):
-    """Risk let the order through, topic ``ord.accepted``."""
+    """Risk let the order through, topic ``ord.accepted`` (the broker's input)."""
 
     order: OrderRequest
     ts_accepted_ns: int
 
 
 class OrderRejected(Msg):
-    """Risk (or the broker) refused the order, topic ``ord.rejected``."""
+    """Risk (or the broker) refused an order, topic ``ord.rejected``.
+
+    ``rule`` names the check ("max_order_size", "kill_switch", "tick_size", ...; stable,
+    for counting), ``reason`` says it with the numbers ("qty 0.6 > max_order_size 0.5")."""
 
     order: OrderRequest
+    rule: str
     reason: str
     ts_rejected_ns: int
 
 
 class OrderCancel(Msg):
-    """Cancel a resting order, topic ``ord.cancel``."""
+    """Cancel a working order, topic ``ord.cancel`` (straight to the broker: a cancel only
+    ever reduces risk). An unknown or finished order is answered with a ``rejected``
+    ``OrderUpdate`` whose reason says so."""
 
     client_order_id: str
+    strategy_id: str
     symbol: str
-    ts_recv_ns: int
     ts_created_ns: int
 
 
 class Fill(Msg):
-    """One execution, topic ``exec.fill``; ``fee`` in 1/SCALE units of the quote asset."""
+    """One execution, topic ``exec.fill``.
+
+    ``fee`` is in 1/NOTIONAL_SCALE units of the quote asset (exact; negative for a rebate);
+    ``ts_exchange_ns``/``ts_recv_ns`` are those of the market event that filled it."""
 
     client_order_id: str
-    fill_id: int
+    strategy_id: str
     symbol: str
     side: Side
+    fill_id: int
     px: int
     qty: int
     fee: int
@@ -230,42 +281,114 @@ class Fill(Msg):
     ts_fill_ns: int
 
 
-class ExecReport(Msg):
-    """Order state change, topic ``exec.report``."""
+class OrderUpdate(Msg):
+    """Every transition of an order's life, topic ``exec.report``.
+
+    Legal transitions only: new -> accepted -> partially_filled* -> filled | canceled |
+    expired; new -> rejected; accepted -> canceled | expired | rejected. ``avg_px`` is the
+    average fill price (1/SCALE, rounded half up); ``reason`` says why for canceled, expired
+    and rejected."""
 
     client_order_id: str
+    strategy_id: str
     symbol: str
+    side: Side
+    order_type: OrderType
     status: OrderStatus
+    px: int
+    qty: int
     filled_qty: int
     leaves_qty: int
     avg_px: int
     reason: str
     ts_recv_ns: int
-    ts_report_ns: int
+    ts_update_ns: int
 
 
 class Position(Msg):
-    """Position after a fill, topic ``pos.<SYMBOL>``.
+    """A symbol's position after a fill or a mark, topic ``pos.<SYMBOL>``.
 
-    ``qty`` signed (1/SCALE); ``cost`` and ``realized_pnl`` in 1/NOTIONAL_SCALE units of the
-    quote asset, so sums over millions of fills stay exact."""
+    ``qty`` signed (1/SCALE). Money in 1/NOTIONAL_SCALE units of the quote asset, exact:
+    ``cost`` is the signed cost basis of the open quantity (qty x average entry price),
+    ``realized_pnl`` is gross of fees, ``fees`` the sum paid, ``unrealized_pnl`` the open
+    quantity marked at ``mark_px`` (the mid). Invariant, exact at every step:
+    realized + unrealized - fees == (cash flow of all fills) + qty x mark - fees."""
 
     symbol: str
     qty: int
     cost: int
     realized_pnl: int
+    unrealized_pnl: int
     fees: int
+    mark_px: int
+    fills: int
     ts_recv_ns: int
     ts_update_ns: int
 
 
 class RiskState(Msg):
-    """Risk status, topic ``risk.state``; ``killed`` means no new order passes."""
+    """Trading state, topic ``risk.state``, published on every change and periodically.
 
-    killed: bool
+    ``state``: "active", "reducing" (only position-reducing orders pass) or "halted";
+    ``kill_switch``: no new order passes at all."""
+
+    state: TradingState
+    kill_switch: bool
     reason: str
     open_orders: int
     gross_exposure: int
+    """Sum over symbols of |position + working orders| x mid, 1/NOTIONAL_SCALE units."""
+    ts_ns: int
+
+
+class ControlCommand(Msg):
+    """An operator's command (``tickbus ctl``), topic ``ctl.<target>`` (e.g. ``ctl.risk``).
+
+    ``command`` and ``args`` are validated by the target; an unknown command is answered with
+    ``ok=False``. Arrives through the owner-only publish endpoint, never the tap."""
+
+    request_id: str
+    command: str
+    args: list[str]
+    ts_ns: int
+
+
+class ControlReply(Msg):
+    """The answer to a ``ControlCommand``, topic ``ctl.reply``; ``body`` is JSON text."""
+
+    request_id: str
+    target: str
+    ok: bool
+    body: str
+    ts_ns: int
+
+
+class RiskCheckRequest(Msg):
+    """Risk gateway protocol (docs/risk-gateway.md): ask the external gateway about an
+    order. ``correlation_id`` is echoed in the reply."""
+
+    correlation_id: int
+    order: OrderRequest
+    position_qty: int
+    mid_px: int
+    ts_ns: int
+
+
+class RiskCheckReply(Msg):
+    """Risk gateway protocol: the gateway's verdict on one ``RiskCheckRequest``."""
+
+    correlation_id: int
+    approved: bool
+    reason: str
+    ts_ns: int
+
+
+class StrategySnapshot(Msg):
+    """A strategy's state for persistence and recovery, topic ``snap.<strategy_id>``;
+    ``state`` is JSON text chosen by the strategy."""
+
+    strategy_id: str
+    state: str
     ts_ns: int
 
 
@@ -306,16 +429,21 @@ BUILTIN_TYPES: tuple[type[Msg], ...] = (
     BookTop,
     SnapshotRequest,
     FeedStatus,
-    Features,
+    FeatureVector,
     Signal,
     OrderRequest,
     OrderAccepted,
     OrderRejected,
     OrderCancel,
     Fill,
-    ExecReport,
+    OrderUpdate,
     Position,
     RiskState,
+    ControlCommand,
+    ControlReply,
+    RiskCheckRequest,
+    RiskCheckReply,
+    StrategySnapshot,
     Heartbeat,
     Shutdown,
     Barrier,

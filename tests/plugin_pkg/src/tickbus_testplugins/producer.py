@@ -32,17 +32,18 @@ def make_msg(kind: str, i: int, now: int) -> Any:
     """Message number ``i`` (its id carries the sequence number)."""
     if kind == "fill":
         return Fill(
-            f"c{i}",
-            i,
-            "BTCUSDT",
-            "buy",
-            67_000 * SCALE + i,
-            SCALE // 100,
-            1,
-            "taker",
-            now,
-            now,
-            now,
+            client_order_id=f"c{i}",
+            strategy_id="producer",
+            symbol="BTCUSDT",
+            side="buy",
+            fill_id=i,
+            px=67_000 * SCALE + i,
+            qty=SCALE // 100,
+            fee=1,
+            liquidity="taker",
+            ts_exchange_ns=now,
+            ts_recv_ns=now,
+            ts_fill_ns=now,
         )
     return Trade("BTCUSDT", i, 67_000 * SCALE + i, SCALE // 100, i % 2 == 0, now, now)
 
