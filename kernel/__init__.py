@@ -5,7 +5,7 @@ Plugins import from here (and from ``schemas``) only::
     from tickbus.kernel import hookimpl, PluginContext, TickbusError
 """
 
-from .clock import Clock, LiveClock, ReplayClock
+from .clock import Clock, LiveClock, ReplayClock, Timer
 from .context import PluginContext
 from .errors import ConfigError, TickbusError
 from .fixed import from_fixed, to_fixed
@@ -18,6 +18,7 @@ __all__ = [
     "PluginContext",
     "ReplayClock",
     "TickbusError",
+    "Timer",
     "from_fixed",
     "hookimpl",
     "to_fixed",

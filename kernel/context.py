@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from tickbus.schemas import Msg
 
-from .clock import Clock
+from .clock import Clock, Timer
 
 if TYPE_CHECKING:
     from .lane import Lane
@@ -58,6 +58,7 @@ class PluginContext:
         self._request_shutdown = request_shutdown
         self._report_failure = report_failure or (lambda what: None)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: list[Timer] = []
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -74,6 +75,22 @@ class PluginContext:
         """``path`` with ``~`` expanded, relative to the config file's directory."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.config_dir / p
+
+    def call_at(self, when_ns: int, fn: Callable[..., Any], *args: Any) -> Timer:
+        """Run ``fn(*args)`` on this lane when the kernel clock reaches ``when_ns`` (ns since
+        the epoch: wall time live, recorded time in replay - where timers fire in timestamp
+        order between the recorded messages, so a backtest is deterministic). Returns a
+        :class:`~tickbus.kernel.clock.Timer` (``.cancel()``). Call from the lane thread."""
+        timer = self.clock.schedule(when_ns, fn, args, self.loop)
+        timers = self._timers
+        if len(timers) > 256:  # keep only the live ones: bounded, no per-fire cost
+            timers[:] = [t for t in timers if not t.cancelled]
+        timers.append(timer)
+        return timer
+
+    def call_later(self, delay_s: float, fn: Callable[..., Any], *args: Any) -> Timer:
+        """``call_at(clock.now_ns() + delay_s)``: ``delay_s`` seconds of kernel-clock time."""
+        return self.call_at(self.clock.now_ns() + int(delay_s * 1e9), fn, *args)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """Run ``coro`` as a task on the lane's loop; it is cancelled when the plugin stops.
@@ -105,9 +122,13 @@ class PluginContext:
         return len(self._tasks)
 
     def cancel_tasks(self) -> None:
-        """Cancel every task made with :meth:`spawn` (done by the kernel after stop)."""
+        """Cancel every task made with :meth:`spawn` and every timer not yet fired (done by
+        the kernel after stop)."""
         for task in list(self._tasks):
             task.cancel()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
 
     def request_shutdown(self, reason: str, *, failed: bool = False) -> None:
         """Ask the kernel to stop the whole process (e.g. a replay reached its end).
