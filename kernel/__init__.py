@@ -10,6 +10,7 @@ from .context import PluginContext
 from .errors import ConfigError, TickbusError
 from .fixed import from_fixed, to_fixed
 from .hookspecs import hookimpl
+from .strategy import Strategy, StrategyConfig, strategy_plugin
 
 __all__ = [
     "Clock",
@@ -17,9 +18,12 @@ __all__ = [
     "LiveClock",
     "PluginContext",
     "ReplayClock",
+    "Strategy",
+    "StrategyConfig",
     "TickbusError",
     "Timer",
     "from_fixed",
     "hookimpl",
+    "strategy_plugin",
     "to_fixed",
 ]
