@@ -5,8 +5,12 @@ it: WebSocket combined streams (``/stream?streams=a/b``) and raw streams (``/ws/
 the recorded frames sent byte-for-byte, ``SUBSCRIBE``/``UNSUBSCRIBE``/``LIST_SUBSCRIPTIONS``
 requests, and REST ``/api/v3/depth`` / ``/fapi/v1/depth`` / ``/dapi/v1/depth`` snapshots that are
 consistent with the stream position (a book is rebuilt from the recorded snapshot plus the depth
-diffs as they go out), plus ``ping`` and ``time``. Faults (gaps, duplicates, reordering, dropped
-connections, malformed frames, REST errors) can be injected to test a client's recovery paths.
+diffs as they go out), ``exchangeInfo`` listing the capture's symbols (``symbol=``/``symbols=``
+filters answered as Binance does: 400 ``-1121 Invalid symbol.`` if one is not listed), plus
+``ping`` and ``time``. A WebSocket handshake for a stream the capture does not have is refused
+with HTTP 400 and a Binance-like JSON body naming it. Faults (gaps, duplicates, reordering,
+dropped connections, malformed frames, REST errors) can be injected to test a client's recovery
+paths.
 
 The replay is a live market: the clock starts when the server starts and every client sees the
 stream from the current position on. ``--speed X`` replays X times faster than recorded;
@@ -50,6 +54,7 @@ FaultKind = Literal["drop", "dup", "swap", "close", "malformed", "rest"]
 _DEPTH_PATHS = frozenset({"/api/v3/depth", "/fapi/v1/depth", "/dapi/v1/depth"})
 _PING_PATHS = frozenset({"/api/v3/ping", "/fapi/v1/ping", "/dapi/v1/ping"})
 _TIME_PATHS = frozenset({"/api/v3/time", "/fapi/v1/time", "/dapi/v1/time"})
+_INFO_PATHS = frozenset({"/api/v3/exchangeInfo", "/fapi/v1/exchangeInfo", "/dapi/v1/exchangeInfo"})
 _MAX_LIMIT = 5000  # spot caps larger limits at 5000 (futures at 1000; one cap is enough here)
 _DEFAULT_LIMIT = 100
 # Backlog bounds per client: at speed 0 the replay waits above HIGH (paced by the slowest
@@ -83,7 +88,7 @@ def parse_fault(text: str) -> Fault:
     kind = parts[0]
     usage = (
         "expected drop:N, dup:N, swap:N, close:N, malformed:N or rest:CODE:K "
-        "(CODE = 429, 418, 500, another 4xx/5xx, or timeout)"
+        "(CODE = 429, 418, 403, 500, another 4xx/5xx, or timeout)"
     )
     if kind in ("drop", "dup", "swap", "close", "malformed"):
         if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) < 1:
@@ -595,7 +600,33 @@ class ExchangeSim:
             return _json(200, b'{"serverTime":%d}' % (self.replay_time_ns() // 1_000_000))
         if path in _DEPTH_PATHS:
             return await self._rest_depth(conn, parse_qs(url.query))
+        if path in _INFO_PATHS:
+            return self._exchange_info(parse_qs(url.query))
         return _error(404, -1, f"exchange-sim: no such endpoint {path}")
+
+    def _exchange_info(self, q: dict[str, list[str]]) -> Response:
+        """The capture's symbols, all TRADING; ``symbol=X`` or ``symbols=["X","Y"]`` filter
+        them, and one that is not listed fails the whole request, as on Binance."""
+        wanted: list[str] | None = None
+        if "symbol" in q:
+            wanted = q["symbol"][:1]
+        elif "symbols" in q:
+            try:
+                wanted = msgspec.json.decode(q["symbols"][0], type=list[str])
+            except msgspec.DecodeError:
+                msg = "Illegal characters found in parameter 'symbols': not a JSON array."
+                return _error(400, -1100, msg)
+        if wanted is not None and any(s not in self._known_symbols for s in wanted):
+            return _error(400, -1121, "Invalid symbol.")
+        names = sorted(self._known_symbols) if wanted is None else wanted
+        body = {
+            "timezone": "UTC",
+            "serverTime": self.replay_time_ns() // 1_000_000,
+            "rateLimits": [],
+            "exchangeFilters": [],
+            "symbols": [{"symbol": s, "status": "TRADING"} for s in names],
+        }
+        return _json(200, msgspec.json.encode(body))
 
     async def _rest_depth(self, conn: ServerConnection, q: dict[str, list[str]]) -> Response:
         symbol = q.get("symbol", [""])[0]
@@ -628,6 +659,7 @@ class ExchangeSim:
             msgs = {
                 429: (-1003, "Too many requests; current limit exceeded (exchange-sim fault)."),
                 418: (-1003, "Way too much request weight used; IP banned (exchange-sim fault)."),
+                403: (-1, "Forbidden: blocked by a web application firewall (exchange-sim fault)."),
             }
             c, m = msgs.get(code, (-1001, "Internal error; unable to process your request."))
             return _error(code, c, m, retry)
@@ -671,7 +703,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="SPEC",
         help="inject a fault: drop:N dup:N swap:N close:N malformed:N rest:CODE:K "
-        "(N counted per connection; CODE 429/418/500/timeout); repeatable",
+        "(N counted per connection; CODE 429/418/403/500, any 4xx/5xx, or timeout); repeatable",
     )
     parser.add_argument(
         "--rest-hang", type=float, default=30.0, help="seconds a rest:timeout request hangs"
@@ -687,6 +719,8 @@ def run(args: argparse.Namespace) -> int:
         faults = [parse_fault(f) for f in args.fault]
         if args.speed < 0:
             raise ValueError(f"--speed must be >= 0, got {args.speed}")
+        if not 0 <= args.port <= 65535:
+            raise ValueError(f"--port must be 0-65535 (0: any free port), got {args.port}")
         for d in args.data:
             if not Path(d).is_file():
                 raise ValueError(f"--data {d}: no such file")

@@ -19,9 +19,17 @@ import time
 
 import websockets
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
-from tickbus.plugins.binance.capture import CaptureWriter
-from tickbus.plugins.binance.feed import DEFAULT_URLS, backoff_delay, http_get, stream_url
+from tickbus.plugins.binance.capture import CaptureWriter, check_symbols
+from tickbus.plugins.binance.feed import (
+    DEFAULT_URLS,
+    backoff_delay,
+    handshake_rejection,
+    http_get,
+    is_permanent,
+    stream_url,
+)
 
 
 def build_parser(p: argparse.ArgumentParser) -> None:
@@ -42,7 +50,7 @@ class Recorder:
     def __init__(self, args: argparse.Namespace) -> None:
         ws_default, rest_default, self.depth_path = DEFAULT_URLS[args.market]
         self.args = args
-        self.symbols = [s.upper() for s in args.symbols]
+        self.symbols = check_symbols(args.symbols, "--symbols")
         self.url = stream_url(
             args.ws_url or ws_default, self.symbols, args.depth_interval, True, True
         )
@@ -50,6 +58,8 @@ class Recorder:
         self.writer = CaptureWriter(args.out)
         self.frames = 0
         self.snapshots = 0
+        self.error = ""
+        """Why the recording stopped on its own (the server refused the stream for good)."""
         self._need: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -68,6 +78,12 @@ class Recorder:
                         reader.cancel()
                     elif reader.exception() is not None:
                         raise reader.exception()  # type: ignore[misc]
+            except InvalidStatus as err:
+                status, text, _ = handshake_rejection(err)
+                if is_permanent(status):  # an unknown stream, a bad URL: retrying cannot help
+                    self.error = f"{self.url} rejected the WebSocket handshake: {text}"
+                    break
+                print(f"tickbus record: handshake rejected: {text}; reconnecting", file=sys.stderr)
             except (OSError, TimeoutError, websockets.WebSocketException) as err:
                 print(f"tickbus record: {err or type(err).__name__}; reconnecting", file=sys.stderr)
             if stop.is_set():
@@ -113,7 +129,11 @@ class Recorder:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    rec = Recorder(args)
+    try:
+        rec = Recorder(args)
+    except (ValueError, OSError) as err:
+        print(f"tickbus record: error: {err}", file=sys.stderr)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -128,6 +148,9 @@ async def _main(args: argparse.Namespace) -> int:
         f"tickbus record: {rec.frames} frames and {rec.snapshots} snapshots written to {args.out}",
         file=sys.stderr,
     )
+    if rec.error:
+        print(f"tickbus record: error: {rec.error}", file=sys.stderr)
+        return 1
     return 0
 
 

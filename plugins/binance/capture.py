@@ -44,10 +44,13 @@ from .parse import _literal
 
 __all__ = [
     "SAMPLE",
+    "SYMBOL_RE",
     "CaptureError",
     "CaptureWriter",
     "Frame",
     "Record",
+    "check_capture",
+    "check_symbols",
     "read_capture",
     "read_frames",
 ]
@@ -69,6 +72,25 @@ _HFT_LINE = re.compile(rb"^([0-9]+) (.*)$", re.S)
 
 class CaptureError(ValueError):
     """A capture file (or a line in it) is not in any supported format."""
+
+
+#: A Binance symbol as tickbus accepts it in a config and in a topic: upper-case letters,
+#: digits and ``_`` (USD-M delivery ``BTCUSDT_250627``, COIN-M ``BTCUSD_PERP``), 1 to 20 long -
+#: never a dot, NUL or anything else that would change a topic's meaning.
+SYMBOL_RE = re.compile(r"[A-Z0-9_]{1,20}")
+
+
+def check_symbols(symbols: list[str], key: str) -> list[str]:
+    """The configured ``symbols`` upper-cased, without duplicates; a ``ValueError`` naming the
+    config ``key`` for one that is not a Binance symbol (see :data:`SYMBOL_RE`)."""
+    out: list[str] = []
+    for i, raw in enumerate(symbols):
+        sym = raw.upper() if raw.isascii() else raw
+        if not SYMBOL_RE.fullmatch(sym):
+            raise ValueError(f"{key}[{i}]: {raw!r} is not a Binance symbol (1-20 of A-Z, 0-9, _)")
+        if sym not in out:
+            out.append(sym)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +307,7 @@ Piece = tuple[bytes, int, int, bool]
 ends in ``\\n``, or (``final``) is a last line without one."""
 
 
-def _text_chunks(path: Path, fh: IO[bytes] | _ReadAhead) -> Iterator[Piece]:
+def _text_chunks(path: Path, fh: IO[bytes] | _ReadAhead | _Counted) -> Iterator[Piece]:
     """The file's text as :data:`Piece` s, in the buffers it is read in (~1 MiB, or the
     read-ahead's chunks): no big copies - a line cut by a buffer boundary is joined on its
     own. A readline() per line costs ~3 us through gzip."""
@@ -386,6 +408,35 @@ def _gunzip(raw: IO[bytes], block: int = 1 << 18, most: int = 4 << 20) -> Iterat
                 members += 1
 
 
+Meter = tuple[list[int], int]
+"""Where a reader adds the bytes it read from the disk: ``(counts, index)`` -> ``counts[index]``
+(one slot per file, so each slot has one writer thread)."""
+
+
+class _Counted:
+    """A binary file that adds the size of every read to its :data:`Meter` slot."""
+
+    __slots__ = ("_f", "_counts", "_i")
+
+    def __init__(self, f: IO[bytes], meter: Meter) -> None:
+        self._f = f
+        self._counts, self._i = meter
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self._counts[self._i] += len(data)
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> _Counted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class _ReadAhead:
     """A gzip capture decompressed ahead in a thread of its own: ``read()`` returns the next
     chunk. zlib releases the GIL while it inflates (a third of the replay's time otherwise),
@@ -393,8 +444,9 @@ class _ReadAhead:
     needs - and so its interference with the replay - to a few dozen per file.
     ``close()`` stops the thread and closes the file."""
 
-    def __init__(self, path: Path, ahead: int = 4) -> None:
-        self._raw = open(path, "rb")
+    def __init__(self, path: Path, ahead: int = 4, meter: Meter | None = None) -> None:
+        raw = open(path, "rb")
+        self._raw: IO[bytes] | _Counted = raw if meter is None else _Counted(raw, meter)
         self._queue: queue.Queue[bytes | BaseException] = queue.Queue(ahead)
         self._stop = False
         self._eof = False
@@ -444,16 +496,20 @@ class _ReadAhead:
 
 
 def _open(
-    path: Path, read_ahead: bool = False
-) -> tuple[IO[bytes] | _ReadAhead, str | None, Iterator[Piece]]:
+    path: Path, read_ahead: bool = False, meter: Meter | None = None
+) -> tuple[IO[bytes] | _ReadAhead | _Counted, str | None, Iterator[Piece]]:
     """Open a capture and detect its format on the first non-blank line: ``(file, "hft" |
     "cf" | None for a file without one, all its text (see :func:`_text_chunks`))``. The
-    caller closes the file. ``read_ahead``: decompress a gzip file in a thread."""
+    caller closes the file. ``read_ahead``: decompress a gzip file in a thread (``meter``
+    counts the bytes read from the disk; it needs ``read_ahead``)."""
     try:
-        fh: IO[bytes] | _ReadAhead = _open_lines(path)
+        fh: IO[bytes] | _ReadAhead | _Counted = _open_lines(path)
         if read_ahead and isinstance(fh, gzip.GzipFile):
             fh.close()
-            fh = _ReadAhead(path)
+            fh = _ReadAhead(path, meter=meter)
+        elif meter is not None:
+            assert read_ahead, "a meter counts what the read-ahead or a plain file reads"
+            fh = _Counted(fh, meter)
     except OSError as exc:
         raise CaptureError(f"{path}: cannot open capture: {exc}") from exc
     try:
@@ -485,6 +541,17 @@ def _read_file(path: Path) -> Iterator[Record]:
         if fmt is not None:
             reader = _read_hft if fmt == "hft" else _read_cf
             yield from reader(path, _numbered(_line_chunks(pieces)))
+
+
+def check_capture(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`CaptureError` (naming the file) unless ``path`` is a capture that can be
+    read: it exists, opens, decompresses and its first line is in a known format. Reads only
+    the first chunk (a truncated end is found by the reader, at the end)."""
+    (f,) = _capture_files((path,), "check_capture")
+    fh, fmt, _ = _open(f)
+    fh.close()
+    if fmt is None:
+        raise CaptureError(f"{f}: empty capture (no records)")
 
 
 def _capture_files(paths: tuple[str | os.PathLike[str], ...], caller: str) -> list[Path]:
@@ -586,7 +653,7 @@ def _scan_hft(
     return k, pos
 
 
-def _frames_file(path: Path) -> Generator[Frame, None, None]:
+def _frames_file(path: Path, meter: Meter | None = None) -> Generator[Frame, None, None]:
     """Frames of one file, in file order: hftbacktest lines like :func:`_read_hft` but without
     validating ws JSON; cryptofeed lines with the validating reader (small, old captures).
 
@@ -596,7 +663,7 @@ def _frames_file(path: Path) -> Generator[Frame, None, None]:
     bodies, µs timestamps, anything odd) takes the validating path, whose errors become
     ``"bad"`` frames. Only the file-level errors of :func:`read_capture` remain errors:
     unreadable gzip, and a REST snapshot that several symbols make ambiguous."""
-    fh, fmt, pieces = _open(path, read_ahead=True)
+    fh, fmt, pieces = _open(path, read_ahead=True, meter=meter)
     with fh:
         if fmt == "cf":
             for r in _read_cf(path, _numbered(_line_chunks(pieces))):
@@ -752,7 +819,9 @@ def _merge(its: list[Generator[Frame, None, None]]) -> Generator[Frame, None, No
             gen.close()
 
 
-def read_frames(*paths: str | os.PathLike[str]) -> Generator[Frame, None, None]:
+def read_frames(
+    *paths: str | os.PathLike[str], read_bytes: list[int] | None = None
+) -> Generator[Frame, None, None]:
     """The replay's reader: like :func:`read_capture`, but yields :data:`Frame` tuples and
     does not validate the JSON of hftbacktest ws lines (the frame parser validates every
     frame anyway). A line it cannot read - a bad timestamp, a REST body that is not JSON -
@@ -766,11 +835,18 @@ def read_frames(*paths: str | os.PathLike[str]) -> Generator[Frame, None, None]:
     GIL; :class:`_ReadAhead`), runs of lines of known streams are cut by a compiled kernel
     (:func:`_scan_hft`) straight from the decompressed buffers, and files that follow each
     other merge without a heap operation per line. Close the generator (or exhaust it) to
-    stop the threads at once."""
+    stop the threads at once.
+
+    ``read_bytes`` (progress): a list with one slot per path, where the readers add the bytes
+    they read from each file (as on disk, so compressed; a gzip file is read a few MiB ahead
+    of what was yielded): ``sum(read_bytes)`` against the files' sizes."""
     files = _capture_files(paths, "read_frames")
+    if read_bytes is not None and len(read_bytes) != len(files):
+        raise ValueError("read_bytes needs one slot per path")
+    meters = [None if read_bytes is None else (read_bytes, i) for i in range(len(files))]
     if len(files) == 1:
-        return _frames_file(files[0])
-    return _merge([_frames_file(f) for f in files])
+        return _frames_file(files[0], meters[0])
+    return _merge([_frames_file(f, m) for f, m in zip(files, meters, strict=True)])
 
 
 class CaptureWriter:

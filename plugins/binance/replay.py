@@ -14,64 +14,122 @@ time, N = N times faster, 0 = as fast as possible.
 A replay cannot fetch a new snapshot: a ``SnapshotRequest`` is answered by the next snapshot
 in the file, if there is one (logged once).
 
-The files are read with :func:`~plugins.binance.capture.read_frames` (decompressed in a thread
-of their own, ws JSON left to the parser): a frame that does not parse and a line that cannot
-be read are both counted in ``bad``, logged once per kind, and skipped. Only an unreadable
-file stops the replay early (logged as an error).
+Files: relative paths resolve against the config file's directory; each one is checked at
+set-up (exists, opens, is a capture), so a wrong path is a one-line error naming it and
+``plugins.<name>.files``. The files are read with
+:func:`~plugins.binance.capture.read_frames` (decompressed in a thread of their own, ws JSON
+left to the parser). What the replay skips:
+
+* a corrupt line or a frame that does not parse (``bad``): counted, logged once per kind,
+  skipped - and the run ends with a non-zero exit status, since the backtest did not see
+  all of its data;
+* a well-formed record of a kind tickbus does not use (``ignored``: e.g. ``kline`` or
+  ``markPriceUpdate`` events, an exchangeInfo body in a cryptofeed capture): counted and
+  logged once per kind only.
+
+A file that turns out unreadable on the way (a truncated gzip, corrupt data), or any other
+error, ends the run at once with a non-zero exit status and a one-line reason.
+
+While it runs, the replay reports its position (share of the files' bytes read), frames/s
+and speed (x real time) in the status line, and, when stderr is a terminal, in a progress
+bar (updated a few times per second by a timer, never per frame).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from tickbus.kernel import PluginContext, TickbusError, hookimpl
 from tickbus.schemas import BookTicker, DepthDiff, SnapshotRequest, Trade
 
-from .capture import SAMPLE, CaptureError, Frame, read_frames
+from .capture import (
+    SAMPLE,
+    SYMBOL_RE,
+    CaptureError,
+    Frame,
+    check_capture,
+    check_symbols,
+    read_frames,
+)
 from .parse import FrameError, FrameParser, topic_of, warmup
 
 _BATCH = 2000  # records per loop iteration at full speed: heartbeats and drains still run
+_BAR_EVERY_S = 0.25  # progress bar refresh period
+# events tickbus parses (plugins.binance.parse); a well-formed event of another type is
+# "ignored", not "bad"
+_SUPPORTED_EVENTS = frozenset({"depthUpdate", "trade", "aggTrade", "bookTicker"})
 
 
 class ReplayConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``[plugins.replay_feed]``."""
 
     files: list[str] = msgspec.field(default_factory=list)
-    """Capture files, read as one stream in time order; empty: the bundled BTCUSDT sample."""
+    """Capture files, read as one stream in time order; relative paths are relative to the
+    config file's directory; empty: the bundled BTCUSDT sample."""
     speed: float = 0.0
     """1 = real time, N = N x real time, 0 = as fast as possible."""
     symbols: list[str] = msgspec.field(default_factory=list)
-    """Only these symbols (upper case); empty: all."""
+    """Only these symbols; empty: all."""
     exit_at_end: bool = True
     """Ask the kernel to stop when the files are exhausted."""
+    progress: bool = True
+    """Show a progress bar when stderr is a terminal."""
 
 
 class Replay:
     """Reads, parses and publishes; counts what it skipped."""
 
     def __init__(self, ctx: PluginContext, cfg: ReplayConfig) -> None:
+        key = f"plugins.{ctx.name}"
         if cfg.speed < 0:
-            raise TickbusError("speed must be >= 0 (0: as fast as possible)")
+            raise TickbusError(f"{key}.speed: must be >= 0 (0: as fast as possible)")
         self.ctx = ctx
         self.cfg = cfg
-        self.files = [Path(f) for f in cfg.files] or [SAMPLE]
+        self.files = [ctx.resolve_path(f) for f in cfg.files] or [SAMPLE]
         for f in self.files:
-            if not f.is_file():
-                raise TickbusError(f"replay file not found: {f}")
+            try:
+                check_capture(f)
+            except CaptureError as err:
+                raise TickbusError(f"{key}.files: {err}") from None
+        try:
+            self._wanted = set(check_symbols(cfg.symbols, f"{key}.symbols"))
+        except ValueError as err:
+            raise TickbusError(str(err)) from None
         self.parser = FrameParser()
         self.frames = 0
         self.bad = 0
+        """Corrupt lines and frames that do not parse: skipped, and the exit status is 1."""
+        self.ignored = 0
+        """Well-formed records of kinds tickbus does not use (klines...): skipped."""
         self.done = False
-        self._wanted = {s.upper() for s in cfg.symbols}
+        self.last_ts = 0
+        """Recorded time of the latest frame (updated once per batch at full speed)."""
+        self.read_bytes = [0] * len(self.files)
+        self.total_bytes = sum(os.path.getsize(f) for f in self.files)
         self._topics: dict[type, dict[str, str]] = {DepthDiff: {}, Trade: {}, BookTicker: {}}
         self._bad_kinds: set[str] = set()
         self._warned_resync = False
+        self._status_at = (time.monotonic(), 0, 0)
+        self._bar: Any = None
+
+    @property
+    def position(self) -> float:
+        """Share of the files read, 0..1 (by bytes on disk; gzip is read a little ahead)."""
+        return min(1.0, sum(self.read_bytes) / self.total_bytes) if self.total_bytes else 1.0
+
+    @property
+    def name(self) -> str:
+        """The files, for humans."""
+        first = self.files[0].name
+        return first if len(self.files) == 1 else f"{first} (+{len(self.files) - 1} files)"
 
     def on_resync(self, msg: SnapshotRequest) -> None:
         """A book wants a snapshot: only the file can provide one."""
@@ -83,22 +141,41 @@ class Replay:
                 msg.reason,
             )
 
-    def _topic(self, msg: DepthDiff | Trade | BookTicker) -> str:
+    def _topic(self, msg: DepthDiff | Trade | BookTicker, payload: bytes) -> str:
+        """The topic of a symbol met for the first time ("" and skipped if it is no symbol:
+        a topic is never made of arbitrary input)."""
+        if not SYMBOL_RE.fullmatch(msg.symbol):
+            self._skip(f"not a symbol: {msg.symbol[:40]!r}", payload, "bad")
+            return ""
         topic = self._topics[type(msg)][msg.symbol] = topic_of(msg)
         return topic
 
-    def _skip(self, why: str, sample: bytes) -> None:
-        self.bad += 1
-        kind = why.split(":")[0]
-        if kind not in self._bad_kinds:
-            self._bad_kinds.add(kind)
-            self.ctx.log.warning("skipped a bad frame (%s): %r", why, sample[:120])
+    def _skip(self, why: str, sample: bytes, kind: str) -> None:
+        """Count and skip a record: ``ignored`` if it is a well-formed one of a kind tickbus
+        does not use, else ``bad``; logged once per kind."""
+        what = _ignorable(kind, sample)
+        if what:
+            self.ignored += 1
+            why, level = f"{what} (ignored)", 20
+        else:
+            self.bad += 1
+            level = 30
+        label = why.split(":")[0]
+        if label not in self._bad_kinds:
+            self._bad_kinds.add(label)
+            self.ctx.log.log(level, "skipped a record (%s): %r", why[:300], sample[:120])
+
+    # ------------------------------------------------------------------ run
 
     async def run(self) -> None:
-        """Play the files to the end (or until the task is cancelled)."""
+        """Play the files to the end (or until the task is cancelled); a file that cannot be
+        read to its end, or any error, stops the process with a non-zero exit status."""
         ctx, cfg = self.ctx, self.cfg
+        failed = ""
+        frames = read_frames(*self.files, read_bytes=self.read_bytes)
+        if cfg.progress and sys.stderr.isatty():
+            ctx.spawn(self._progress(), name="replay-progress")
         try:
-            frames = read_frames(*self.files)
             try:
                 if cfg.speed:
                     await self._play(frames, cfg.speed)
@@ -107,16 +184,31 @@ class Replay:
             finally:
                 frames.close()  # stops the read-ahead threads (also when cancelled)
         except CaptureError as err:
-            ctx.log.error("replay stopped: %s", err)
+            failed = f"plugins.{ctx.name}.files: {err}"
+        except Exception as err:  # a dead replay must not leave a process that looks alive
+            ctx.log.error("replay failed", exc_info=err)
+            failed = f"replay failed after {self.frames} frames: {type(err).__name__}: {err}"
         self.done = True
-        ctx.log.info("replay finished: %d frames published, %d skipped", self.frames, self.bad)
-        if cfg.exit_at_end:
+        ctx.log.info(
+            "replay finished: %d frames published, %d skipped%s",
+            self.frames,
+            self.bad,
+            f", {self.ignored} ignored (kinds tickbus does not use)" if self.ignored else "",
+        )
+        if self.bad:
+            ctx.report_failure(
+                f"{self.bad} corrupt line(s) or bad frame(s) skipped in {self.name} "
+                "(the first of each kind is logged above)"
+            )
+        if failed:
+            ctx.request_shutdown(failed, failed=True)
+        elif cfg.exit_at_end:
             ctx.request_shutdown("replay finished")
 
     def _other(self, ts: int, kind: str, symbol: str | None, payload: bytes) -> None:
         """A REST snapshot, or a line the reader could not read."""
         if kind == "bad":
-            self._skip(f"unreadable capture line: {symbol}", payload)
+            self._skip(f"unreadable capture line: {symbol}", payload, kind)
             return
         if self._wanted and symbol not in self._wanted:
             return
@@ -126,7 +218,10 @@ class Replay:
         try:
             snap = self.parser.parse_snapshot(payload, symbol, ts)
         except FrameError as err:
-            self._skip(str(err), payload)
+            self._skip(str(err), payload, kind)
+            return
+        if not SYMBOL_RE.fullmatch(snap.symbol):
+            self._skip(f"not a symbol: {snap.symbol[:40]!r}", payload, "bad")
             return
         self.ctx.publish(f"md.depth.{snap.symbol}", snap)
         self.frames += 1
@@ -139,6 +234,7 @@ class Replay:
         wanted = self._wanted
         topics = self._topics
         batch = itertools.islice
+        ts = 0
         while True:
             n = published = 0
             try:
@@ -153,12 +249,15 @@ class Replay:
                     try:
                         msg = parse(payload, ts)
                     except FrameError as err:
-                        self._skip(str(err), payload)
+                        self._skip(str(err), payload, kind)
                         continue
-                    publish(topics[type(msg)].get(msg.symbol) or self._topic(msg), msg)
-                    published += 1
+                    topic = topics[type(msg)].get(msg.symbol) or self._topic(msg, payload)
+                    if topic:
+                        publish(topic, msg)
+                        published += 1
             finally:
                 self.frames += published
+                self.last_ts = ts or self.last_ts
             if n < _BATCH:
                 return
             await asyncio.sleep(0)  # heartbeats, drains, other plugins of the lane
@@ -175,6 +274,7 @@ class Replay:
                 delay = t0_wall + (ts - t0_rec) / 1e9 / speed - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                self.last_ts = ts
             if kind != "ws":
                 self._other(ts, kind, symbol, payload)
                 continue
@@ -184,10 +284,86 @@ class Replay:
             try:
                 msg = self.parser.parse(payload, ts)
             except FrameError as err:
-                self._skip(str(err), payload)
+                self._skip(str(err), payload, kind)
                 continue
-            self.ctx.publish(self._topics[type(msg)].get(msg.symbol) or self._topic(msg), msg)
-            self.frames += 1
+            topic = self._topics[type(msg)].get(msg.symbol) or self._topic(msg, payload)
+            if topic:
+                self.ctx.publish(topic, msg)
+                self.frames += 1
+
+    # ------------------------------------------------------------------ progress
+
+    def status(self) -> str:
+        """The status-line fragment: position, frames/s and speed since the last call."""
+        now = time.monotonic()
+        then, frames_then, ts_then = self._status_at
+        self._status_at = (now, self.frames, self.last_ts)
+        dt = max(now - then, 1e-9)
+        rate = (self.frames - frames_then) / dt
+        speed = (self.last_ts - ts_then) / 1e9 / dt if ts_then else 0.0
+        state = "done, " if self.done else ""
+        return (
+            f"{state}{self.position:.0%} of {self.name}, {self.frames:,} frames, "
+            f"{rate:,.0f} frames/s, {speed:.1f}x real time"
+        )
+
+    async def _progress(self) -> None:
+        """Keep a progress bar on the terminal, refreshed by a timer (not per frame)."""
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=self.total_bytes,
+                desc=f"replay {self.name}",
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                mininterval=_BAR_EVERY_S,
+                dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                "[{elapsed}<{remaining}] {postfix}",
+            )
+        except Exception as err:  # a terminal tqdm cannot draw on must not stop the replay
+            self.ctx.log.warning("no progress bar: %r", err)
+            return
+        start, frames_then, ts_then = time.monotonic(), 0, 0
+        try:
+            while True:
+                done = self.done
+                bar.update(min(sum(self.read_bytes), self.total_bytes) - bar.n)
+                now = time.monotonic()
+                rate = (self.frames - frames_then) / max(now - start, 1e-9)
+                speed = (self.last_ts - ts_then) / 1e9 / max(now - start, 1e-9) if ts_then else 0
+                bar.set_postfix_str(f"{self.frames:,} frames, {rate:,.0f}/s, {speed:.1f}x")
+                start, frames_then, ts_then = now, self.frames, self.last_ts
+                if done:
+                    return
+                await asyncio.sleep(_BAR_EVERY_S)
+        except Exception as err:
+            self.ctx.log.warning("progress bar stopped: %r", err)
+        finally:
+            bar.close()
+
+
+def _ignorable(kind: str, payload: bytes) -> str:
+    """What a skipped record is if it is a well-formed one of a kind tickbus does not use
+    ("unsupported event type 'kline'", "REST body that is not a depth snapshot"), else ""."""
+    if kind == "bad":
+        return ""
+    try:
+        doc = msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        return ""
+    if not isinstance(doc, dict):
+        return ""
+    if kind == "rest":
+        return "" if "lastUpdateId" in doc else "REST body that is not a depth snapshot"
+    data = doc.get("data") if "stream" in doc else doc
+    event = data.get("e") if isinstance(data, dict) else None
+    if isinstance(event, str) and event not in _SUPPORTED_EVENTS:
+        return f"unsupported event type {event[:40]!r}"
+    return ""
 
 
 def _no_clock(ts_ns: int) -> None:
@@ -210,3 +386,8 @@ def tickbus_setup(ctx: PluginContext) -> Replay:
 @hookimpl
 def tickbus_start(ctx: PluginContext) -> None:
     ctx.spawn(ctx.component.run(), name="replay")
+
+
+@hookimpl
+def tickbus_status(ctx: PluginContext) -> str:
+    return str(ctx.component.status())
