@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import msgspec
 import zmq
 
 from tickbus.schemas import Shutdown
@@ -137,6 +138,7 @@ class Kernel:
                 request_shutdown=self.request_shutdown,
                 report_failure=self.report_failure,
                 config_dir=Path(cfg.path).resolve().parent if cfg.path != "<config>" else None,
+                bus_stats=self.bus_stats,
             )
             self.contexts[name] = ctx
             # set-up may compile numba kernels on a cold cache: tens of seconds, once
@@ -291,6 +293,18 @@ class Kernel:
         for why in self.failures:
             log.error("exit status 1: %s", why)
         return 1 if self.failures else 0
+
+    def bus_stats(self) -> dict[str, dict[str, Any]]:
+        """Counters of every lane of this process (thread-safe to call: plain int reads):
+        per lane ``published`` per topic, ``sent``, ``received``, ``bad_frames``,
+        ``handler_errors``, ``encode_errors``, ``uncached_topics``, ``alive``."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, lane in self.lanes.items():
+            row: dict[str, Any] = msgspec.structs.asdict(lane.stats)
+            row["topics"] = {t: c[0] for t, c in list(lane.topic_counts.items())}
+            row["alive"] = lane.alive
+            out[name] = row
+        return out
 
     def log_status(self) -> None:
         """One status line: per-topic rates since the last line, lane loop lag, and each

@@ -36,6 +36,7 @@ class PluginContext:
         request_shutdown: Callable[[str, bool], None],
         report_failure: Callable[[str], None] | None = None,
         config_dir: Path | None = None,
+        bus_stats: Callable[[], dict[str, dict[str, Any]]] | None = None,
     ) -> None:
         self.name = name
         """Instance name: the ``[plugins.<name>]`` table."""
@@ -57,6 +58,10 @@ class PluginContext:
         self._lane = lane
         self._request_shutdown = request_shutdown
         self._report_failure = report_failure or (lambda what: None)
+        self.bus_stats: Callable[[], dict[str, dict[str, Any]]] = bus_stats or dict
+        """Counters of every lane of the process, by lane name (for metrics and status):
+        ``published`` per topic (``topics``), ``sent``, ``received``, ``bad_frames``,
+        ``handler_errors``, ``encode_errors``, ``alive``. Cheap; call from any thread."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timers: list[Timer] = []
 

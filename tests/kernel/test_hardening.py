@@ -189,3 +189,22 @@ def test_sigterm_during_a_long_setup_exits_within_a_second(plugin_site: Path, tm
     assert took < 1.5, f"took {took:.2f} s; stderr: {err[-2000:]}"
     assert proc.returncode == 0, err[-2000:]
     assert "start-up" in err
+
+
+def test_bus_stats_show_every_lane_to_a_plugin(start_kernel) -> None:
+    """What metrics and status read: per-lane counters and per-topic publish counts."""
+    k = start_kernel(
+        {
+            "lanes": {"hot": {}, "other": {}},
+            "plugins": {
+                "tb_producer": {"lane": "hot", "count": 25},
+                "tb_recorder": {"lane": "other", "prefix": "md.trade."},
+            },
+        }
+    )
+    rec = k.contexts["tb_recorder"].component
+    wait_for(lambda: len(rec["ids"]) == 25)
+    stats = k.contexts["tb_recorder"].bus_stats()
+    assert set(stats) == {"hot", "other"}
+    assert stats["hot"]["topics"]["md.trade.BTCUSDT"] == 25 and stats["hot"]["sent"] == 25
+    assert stats["other"]["received"] >= 25 and stats["other"]["alive"]
