@@ -27,12 +27,18 @@ a rejected update never leaves the book half-modified.
 
 from __future__ import annotations
 
+import functools
+import logging
 import sys
+import time
+from typing import Any
 
 import numpy as np
 from numba import njit, types
 
-__all__ = ["MERGE_MIN", "BookError", "OrderBook", "warmup"]
+__all__ = ["MERGE_MIN", "BookError", "OrderBook", "check_levels", "warmup"]
+
+_log = logging.getLogger(__name__)
 
 if sys.byteorder != "little":  # Levels bytes are little-endian int64; we view them natively
     raise ImportError("plugins.book.orderbook needs a little-endian machine")
@@ -65,15 +71,16 @@ class BookError(ValueError):
 
 # --------------------------------------------------------------------------- kernels
 
-# The Python-facing kernels get explicit signatures: compiled (or loaded from the cache) at
-# import, and - more important - a float or 1-D array is *refused* by the dispatcher instead
-# of silently compiling a new specialisation that would truncate floats into the int book.
+# The Python-facing kernels get explicit signatures (:data:`_SIGNATURES`), compiled (or loaded
+# from the cache) by :func:`_compile` - not at import, so that :func:`warmup` can say what it
+# is doing first - after which the dispatcher *refuses* a float or 1-D array instead of
+# silently compiling a new specialisation that would truncate floats into the int book.
 _BUF_T = types.Array(types.int64, 1, "C")
 _LV_RW = types.Array(types.int64, 2, "C")
 _LV_RO = types.Array(types.int64, 2, "C", readonly=True)  # views of Levels bytes
 _BYTES_T = types.Bytes(types.uint8, 1, "C", readonly=True)
 # two signatures, not four: mixed writable/read-only pairs go through the slow path, which
-# passes read-only views (each signature costs ~5 s of cold compile time)
+# passes read-only views (each signature costs ~2-5 s of cold compile time)
 _APPLY_SIGS = [types.int64(_BUF_T, t, t, types.int64) for t in (_LV_RW, _LV_RO)]
 
 
@@ -328,7 +335,7 @@ def _need_blocks(buf: np.ndarray, s: int, k: int, merge: bool) -> int:
     return 2 * buf[8 + s] + (2 * k) // _B + 2
 
 
-@njit(_APPLY_SIGS, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _apply(buf: np.ndarray, bids: np.ndarray, asks: np.ndarray, merge_min: int) -> int:
     """Apply a diff to both sides atomically: validate and check capacity before writing.
 
@@ -345,21 +352,22 @@ def _apply(buf: np.ndarray, bids: np.ndarray, asks: np.ndarray, merge_min: int) 
     need = max(_need_blocks(buf, 0, kb, kb >= merge_min), _need_blocks(buf, 1, ka, ka >= merge_min))
     if need > buf[6]:
         return _NEED_CAPACITY | (need << 8)
-    if kb >= merge_min:
-        _side_merge(buf, 0, bids)
-    elif kb > 0:
-        _side_levelwise(buf, 0, bids)
-    if ka >= merge_min:
-        _side_merge(buf, 1, asks)
-    elif ka > 0:
-        _side_levelwise(buf, 1, asks)
+    # the side as a loop variable, not a literal 0/1: numba would compile every side kernel
+    # once per literal (twice the cold compile time for the same machine code)
+    for s in range(2):
+        upd = bids if s == 0 else asks
+        k = upd.shape[0]
+        if k >= merge_min:
+            _side_merge(buf, s, upd)
+        elif k > 0:
+            _side_levelwise(buf, s, upd)
     _refresh_best(buf)
     if buf[8] > 0 and buf[9] > 0 and buf[2] >= buf[4]:
         return _OK_CROSSED
     return _OK
 
 
-@njit(types.int64(_BUF_T, _BYTES_T, _BYTES_T), cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _apply_packed(buf: np.ndarray, bids: bytes, asks: bytes) -> int:
     """:func:`_apply` on ``Levels`` bytes, viewed in place (no Python-side ``frombuffer``)."""
     if len(bids) % 16 or len(asks) % 16:
@@ -369,7 +377,7 @@ def _apply_packed(buf: np.ndarray, bids: bytes, asks: bytes) -> int:
     return _apply(buf, b, a, MERGE_MIN)
 
 
-@njit(types.void(_BUF_T, _BUF_T), cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _regrow(old: np.ndarray, new: np.ndarray) -> None:
     """Copy every level of ``old`` into ``new`` (a larger empty buffer)."""
     for s in range(2):
@@ -378,15 +386,15 @@ def _regrow(old: np.ndarray, new: np.ndarray) -> None:
     _refresh_best(new)
 
 
-@njit(types.void(_BUF_T), cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _clear(buf: np.ndarray) -> None:
     empty = np.empty(0, dtype=np.int64)
     for s in range(2):
-        _rebuild(buf, s, empty, empty, 0)
+        _rebuild(buf, s, empty, empty, empty.shape[0])  # not a literal 0: see _apply
     _refresh_best(buf)
 
 
-@njit(types.int64(_BUF_T, _BUF_T), cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _top(buf: np.ndarray, out: np.ndarray) -> int:
     """Write up to ``m = len(out) // 4`` best levels per side into ``out`` (bids in the first
     half, asks in the second, best first, zero padded). Returns ``n_bids << 32 | n_asks``
@@ -413,7 +421,7 @@ def _top(buf: np.ndarray, out: np.ndarray) -> int:
     return counts
 
 
-@njit(_LV_RW(_BUF_T, types.int64), cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _side_levels(buf: np.ndarray, side: int) -> np.ndarray:
     """All levels of one side as a new ``(n, 2)`` array of (price, qty), best first."""
     keys, qtys = _collect(buf, side, 0)
@@ -424,6 +432,27 @@ def _side_levels(buf: np.ndarray, side: int) -> np.ndarray:
         out[i, 0] = sgn * keys[n - 1 - i]
         out[i, 1] = qtys[n - 1 - i]
     return out
+
+
+_SIGNATURES: list[tuple[Any, list[Any]]] = [
+    (_apply, _APPLY_SIGS),
+    (_apply_packed, [types.int64(_BUF_T, _BYTES_T, _BYTES_T)]),
+    (_regrow, [types.void(_BUF_T, _BUF_T)]),
+    (_clear, [types.void(_BUF_T)]),
+    (_top, [types.int64(_BUF_T, _BUF_T)]),
+    (_side_levels, [_LV_RW(_BUF_T, types.int64)]),
+]
+"""Every Python-facing kernel and the only signatures it may run with."""
+
+
+@functools.cache
+def _compile() -> None:
+    """Compile (or load from the on-disk cache) :data:`_SIGNATURES`, then forbid any other
+    specialisation (what ``njit(signatures)`` does, minus compiling at import)."""
+    for kernel, sigs in _SIGNATURES:
+        for sig in sigs:
+            kernel.compile(sig)
+        kernel.disable_compile()
 
 
 # --------------------------------------------------------------------------- public class
@@ -452,6 +481,20 @@ def _first_bad(a: np.ndarray) -> int:
     return int(bad[0]) if bad.size else -1
 
 
+def check_levels(bids: bytes, asks: bytes) -> None:
+    """Raise :class:`BookError` unless both are well-formed ``Levels`` (a multiple of 16
+    bytes, every price > 0 and quantity >= 0). Numpy, no compiled call: for the cold paths
+    (buffered diffs, snapshots); :meth:`OrderBook.apply_levels` checks the same atomically."""
+    for side, levels in (("bid", bids), ("ask", asks)):
+        lv = _as_levels(levels)
+        i = _first_bad(lv)
+        if i >= 0:
+            raise BookError(
+                f"invalid {side} level (price={int(lv[i, 0])}, qty={int(lv[i, 1])}): "
+                "price must be > 0 and qty >= 0"
+            )
+
+
 def _blocks_for(levels: int) -> int:
     return max(4, 2 * ((levels + _FILL - 1) // _FILL) + 2)
 
@@ -477,6 +520,7 @@ class OrderBook:
     __slots__ = ("_buf", "_best", "_out", "_out_mv", "_out_n")
 
     def __init__(self, depth_hint: int = 4096) -> None:
+        _compile()  # once per process: the kernels then refuse any other argument types
         self._buf = _new_buf(_blocks_for(max(16, int(depth_hint))))
         self._best = self._buf[2:6]  # a view made once: best() is then one tolist()
         self._out_n = -1
@@ -609,9 +653,38 @@ class OrderBook:
         return f"OrderBook(bids={nb}, asks={na}, best={bp}x{bq} / {ap}x{aq})"
 
 
-def warmup() -> None:
+COLD_COMPILE_S = 15
+"""Measured cold compile of these kernels on the 2-core VM (``NUMBA_CACHE_DIR`` empty)."""
+
+
+def _cache_state(kernels: list[Any]) -> tuple[bool | None, str]:
+    """``(cold, cache dir)`` from numba's on-disk index of each kernel: cold when an index
+    is missing, of another numba, or older than the source (numba then recompiles); None
+    if this numba's cache internals are not the ones known here (then timing tells)."""
+    cold = False
+    where = "?"
+    try:
+        for kernel in kernels:
+            cache_file = kernel._cache._cache_file
+            where = str(cache_file._cache_path)
+            cold = cold or not cache_file._load_index()
+    except Exception:  # private numba API: any change means "do not know"
+        return None, where
+    return cold, where
+
+
+def warmup(log: logging.Logger | None = None) -> float:
     """Compile (or load from the on-disk cache) every kernel signature the hot path uses, so
-    the first real tick does not pay JIT time. Plugins call it at start-up."""
+    the first real tick does not pay JIT time. Plugins call it at start-up.
+
+    On a cold cache (first run, new numba, changed source) it says so at INFO before the
+    ~15 s compile and how long it took after. Returns the seconds spent."""
+    log = log or _log
+    cold, where = _cache_state([k for k, _ in _SIGNATURES])
+    if cold:
+        log.info("compiling order-book kernels (first run only, ~%d s)", COLD_COMPILE_S)
+    t0 = time.perf_counter()
+    _compile()
     book = OrderBook(16)
     lv = np.array([[100, 1], [99, 2]], dtype=np.int64)
     ask = lv + np.array([[2, 0], [3, 0]], dtype=np.int64)
@@ -624,3 +697,7 @@ def warmup() -> None:
     book.top(5)
     book.levels("bid")
     book.clear()
+    took = time.perf_counter() - t0
+    if cold or took > 2.0:  # a compile the index check did not foresee shows in the time
+        log.info("order-book kernels compiled in %.1f s (numba cache: %s)", took, where)
+    return took

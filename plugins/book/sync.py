@@ -17,6 +17,13 @@ Implements Binance's documented procedure ("How to manage a local order book cor
 A book that ends up crossed (best bid >= best ask) cannot be in sync with the venue, so by
 default it is treated like a gap as well.
 
+A message that cannot be real - an update id outside ``0 .. 2**63 - 1`` (``pu`` may be -1:
+none), ``U > u``, malformed levels (not a multiple of 16 bytes, a price <= 0, a quantity
+< 0) or another symbol - raises :class:`BadMessage` and changes nothing: such an id would
+become the book's id and every real event after it would look stale, with the book still
+valid. Messages can come from another process over the bus, so this is checked here, not
+trusted to the parser.
+
 :class:`BookSync` owns the :class:`~plugins.book.orderbook.OrderBook` it maintains, so a live
 feed and a replay drive it the same way: ``on_diff`` for every depth event, ``on_snapshot``
 whenever ``need_snapshot`` asked for one and it arrived.
@@ -31,11 +38,51 @@ from typing import Literal
 
 from tickbus.schemas import BookTop, DepthDiff, DepthSnapshot
 
-from .orderbook import OrderBook
+from .orderbook import BookError, OrderBook, check_levels
 
-__all__ = ["Action", "BookSync", "Market", "SyncState", "SyncStats"]
+__all__ = ["Action", "BadMessage", "BookSync", "Market", "SyncState", "SyncStats"]
 
 Market = Literal["spot", "usdm", "coinm"]
+
+_ID_END = 2**63  # update ids are int64 on the venue and on the wire
+
+
+class BadMessage(ValueError):
+    """A depth message that cannot be real; the :class:`BookSync` did not change.
+
+    ``kind`` is stable (count and log by it): ``"ids"``, ``"levels"`` or ``"symbol"``."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def check_diff(d: DepthDiff) -> None:
+    """Raise :class:`BadMessage` unless ``d``'s ids and levels can be real."""
+    if not (0 <= d.first_update_id <= d.last_update_id < _ID_END) or not (
+        -1 <= d.prev_update_id < _ID_END
+    ):
+        raise BadMessage(
+            f"{d.symbol}: update ids out of range: U={d.first_update_id} "
+            f"u={d.last_update_id} pu={d.prev_update_id}",
+            "ids",
+        )
+    try:
+        check_levels(d.bids, d.asks)
+    except BookError as err:
+        raise BadMessage(f"{d.symbol}: {err}", "levels") from None
+
+
+def check_snapshot(s: DepthSnapshot) -> None:
+    """Raise :class:`BadMessage` unless ``s``'s id and levels can be real."""
+    if not 0 <= s.last_update_id < _ID_END:
+        raise BadMessage(
+            f"{s.symbol}: snapshot lastUpdateId out of range: {s.last_update_id}", "ids"
+        )
+    try:
+        check_levels(s.bids, s.asks)
+    except BookError as err:
+        raise BadMessage(f"{s.symbol}: snapshot: {err}", "levels") from None
 
 
 class SyncState(enum.Enum):
@@ -85,8 +132,9 @@ class BookSync:
     """Keeps one symbol's :class:`OrderBook` in sync with a Binance diff-depth stream.
 
     ``market``: ``"spot"`` (chain on ``U``) or ``"usdm"`` / ``"coinm"`` (chain on ``pu``).
-    ``symbol``: messages of another symbol raise ``ValueError``; if not given, it is bound to
-    the symbol of the first message.
+    ``symbol``: messages of another symbol raise :class:`BadMessage` (a ``ValueError``); if
+    not given, it is bound to the symbol of the first message. A message that cannot be real
+    raises :class:`BadMessage` too, and nothing changes.
     ``max_buffer``: diffs kept while waiting for a snapshot; the oldest are evicted first
     (which can only make an old snapshot unusable, never corrupt the book).
     ``resync_on_crossed``: treat a crossed book as out of sync (default).
@@ -176,17 +224,30 @@ class BookSync:
         )
 
     def on_diff(self, d: DepthDiff) -> Action:
-        """Feed one depth event, in arrival order. Returns what was done with it."""
+        """Feed one depth event, in arrival order. Returns what was done with it.
+
+        Raises :class:`BadMessage` (nothing changed) for an event that cannot be real."""
         if d.symbol != self.symbol:
             if self.symbol is not None:
-                raise ValueError(f"BookSync({self.symbol}) got a diff for {d.symbol}")
+                raise BadMessage(f"BookSync({self.symbol}) got a diff for {d.symbol}", "symbol")
             self.symbol = d.symbol
         if self.state is _LIVE:
-            # hot path, inlined: a live book and an event that chains on the previous one
-            if not self._first and (
-                d.first_update_id == self._id + 1 if self._spot else d.prev_update_id == self._id
+            # hot path, inlined: a live book and an event that chains on the previous one,
+            # with in-range ids (integer compares); the levels are checked by the apply
+            # kernel before it writes anything
+            if (
+                not self._first
+                and (
+                    d.first_update_id == self._id + 1
+                    if self._spot
+                    else d.prev_update_id == self._id
+                )
+                and 0 <= d.first_update_id <= d.last_update_id < _ID_END
             ):
-                crossed = self.book.apply_levels(d.bids, d.asks)
+                try:
+                    crossed = self.book.apply_levels(d.bids, d.asks)
+                except BookError as err:
+                    raise BadMessage(f"{d.symbol}: {err}", "levels") from None
                 self._id = d.last_update_id
                 self.stats.applied += 1
                 if crossed and self.resync_on_crossed:
@@ -194,7 +255,9 @@ class BookSync:
                     self._invalidate(None)
                     return Action.CROSSED
                 return Action.APPLIED
+            check_diff(d)
             return self._live(d)
+        check_diff(d)  # before it is buffered: a buffered diff is applied later, unchecked
         self._buffer_diff(d)
         return Action.BUFFERED
 
@@ -205,8 +268,9 @@ class BookSync:
         rebuilt book is crossed (fetch another)."""
         if s.symbol != self.symbol:
             if self.symbol is not None:
-                raise ValueError(f"BookSync({self.symbol}) got a snapshot for {s.symbol}")
+                raise BadMessage(f"BookSync({self.symbol}) got a snapshot for {s.symbol}", "symbol")
             self.symbol = s.symbol
+        check_snapshot(s)  # before anything: a bad L would drop the buffered diffs below
         if self.state is SyncState.LIVE:
             self.stats.ignored += 1
             return Action.IGNORED
