@@ -1,0 +1,1 @@
+"""Pre-trade risk: every ``ord.request`` is checked, then accepted or rejected with the rule."""
