@@ -50,7 +50,7 @@ __all__ = ["ExchangeSim", "Fault", "build_parser", "main", "parse_fault", "run"]
 
 log = logging.getLogger("tickbus.exchange_sim")
 
-FaultKind = Literal["drop", "dup", "swap", "close", "malformed", "rest"]
+FaultKind = Literal["drop", "dup", "swap", "close", "malformed", "rest", "ws"]
 _DEPTH_PATHS = frozenset({"/api/v3/depth", "/fapi/v1/depth", "/dapi/v1/depth"})
 _PING_PATHS = frozenset({"/api/v3/ping", "/fapi/v1/ping", "/dapi/v1/ping"})
 _TIME_PATHS = frozenset({"/api/v3/time", "/fapi/v1/time", "/dapi/v1/time"})
@@ -74,7 +74,8 @@ class Fault:
     ``drop``/``dup``/``swap`` act on the ``n``-th depth event of each connection (1-based;
     ``swap`` exchanges events n and n+1); ``close`` closes each connection after its ``n``-th
     frame; ``malformed`` sends a truncated frame before frame ``n``; ``rest`` makes the first
-    ``n`` REST depth requests fail with HTTP ``code`` (``None`` = hang, then drop the connection).
+    ``n`` REST depth requests fail with HTTP ``code`` (``None`` = hang, then drop the connection);
+    ``ws`` refuses the first ``n`` WebSocket handshakes with HTTP ``code``.
     """
 
     kind: FaultKind
@@ -83,25 +84,26 @@ class Fault:
 
 
 def parse_fault(text: str) -> Fault:
-    """Parse ``drop:N``, ``dup:N``, ``swap:N``, ``close:N``, ``malformed:N`` or ``rest:CODE:K``."""
+    """Parse ``drop:N``, ``dup:N``, ``swap:N``, ``close:N``, ``malformed:N``, ``rest:CODE:K``
+    or ``ws:CODE:K``."""
     parts = text.strip().split(":")
     kind = parts[0]
     usage = (
-        "expected drop:N, dup:N, swap:N, close:N, malformed:N or rest:CODE:K "
-        "(CODE = 429, 418, 403, 500, another 4xx/5xx, or timeout)"
+        "expected drop:N, dup:N, swap:N, close:N, malformed:N, rest:CODE:K or ws:CODE:K "
+        "(CODE = 429, 418, 403, 500, another 4xx/5xx, or timeout for rest)"
     )
     if kind in ("drop", "dup", "swap", "close", "malformed"):
         if len(parts) != 2 or not parts[1].isdigit() or int(parts[1]) < 1:
             raise ValueError(f"bad fault {text!r}: {usage}")
         return Fault(kind, int(parts[1]))  # type: ignore[arg-type]
-    if kind == "rest":
+    if kind in ("rest", "ws"):
         if len(parts) != 3 or not parts[2].isdigit() or int(parts[2]) < 1:
             raise ValueError(f"bad fault {text!r}: {usage}")
-        if parts[1] == "timeout":
+        if parts[1] == "timeout" and kind == "rest":
             return Fault("rest", int(parts[2]), None)
         if not parts[1].isdigit() or not 400 <= int(parts[1]) <= 599:
             raise ValueError(f"bad fault {text!r}: {usage}")
-        return Fault("rest", int(parts[2]), int(parts[1]))
+        return Fault(kind, int(parts[2]), int(parts[1]))  # type: ignore[arg-type]
     raise ValueError(f"bad fault {text!r}: {usage}")
 
 
@@ -309,6 +311,7 @@ class ExchangeSim:
         self._close_at, self._malformed = by["close"], by["malformed"]
         # REST faults are used up in the order given, counted over all depth requests
         self._rest_faults = [[f.code, f.n] for f in self.faults if f.kind == "rest"]
+        self._ws_faults = [[f.code, f.n] for f in self.faults if f.kind == "ws"]
 
         self.rest_requests = 0  # REST depth requests served (tests look at it)
         self._server: Server | None = None
@@ -589,11 +592,17 @@ class ExchangeSim:
         path = url.path
         try:
             self._ws_subscription(path, url.query)
-            return None  # a WebSocket URL: go on with the handshake
         except ValueError as exc:
             return _error(400, -1100, str(exc))
         except LookupError:
             pass
+        else:  # a WebSocket URL: go on with the handshake, unless a fault refuses it
+            fault = next((f for f in self._ws_faults if f[1] > 0), None)
+            if fault is None:
+                return None
+            fault[1] -= 1
+            assert fault[0] is not None
+            return self._fault_response(fault[0])
         if path in _PING_PATHS:
             return _json(200, b"{}")
         if path in _TIME_PATHS:
@@ -603,6 +612,17 @@ class ExchangeSim:
         if path in _INFO_PATHS:
             return self._exchange_info(parse_qs(url.query))
         return _error(404, -1, f"exchange-sim: no such endpoint {path}")
+
+    def _fault_response(self, code: int) -> Response:
+        """The answer of an injected ``rest``/``ws`` fault: Binance's body for the status."""
+        retry = [("Retry-After", str(self.retry_after_s))] if code in (418, 429) else []
+        msgs = {
+            429: (-1003, "Too many requests; current limit exceeded (exchange-sim fault)."),
+            418: (-1003, "Way too much request weight used; IP banned (exchange-sim fault)."),
+            403: (-1, "Forbidden: blocked by a web application firewall (exchange-sim fault)."),
+        }
+        c, m = msgs.get(code, (-1001, "Internal error; unable to process your request."))
+        return _error(code, c, m, retry)
 
     def _exchange_info(self, q: dict[str, list[str]]) -> Response:
         """The capture's symbols, all TRADING; ``symbol=X`` or ``symbols=["X","Y"]`` filter
@@ -655,14 +675,7 @@ class ExchangeSim:
                     await asyncio.wait_for(self._stopping.wait(), self.rest_hang_s)
                 conn.transport.abort()
                 return _error(503, -1001, "timeout")  # never delivered: the socket is gone
-            retry = [("Retry-After", str(self.retry_after_s))] if code in (418, 429) else []
-            msgs = {
-                429: (-1003, "Too many requests; current limit exceeded (exchange-sim fault)."),
-                418: (-1003, "Way too much request weight used; IP banned (exchange-sim fault)."),
-                403: (-1, "Forbidden: blocked by a web application firewall (exchange-sim fault)."),
-            }
-            c, m = msgs.get(code, (-1001, "Internal error; unable to process your request."))
-            return _error(code, c, m, retry)
+            return self._fault_response(code)
 
         st = self._symbols.get(symbol)
         if st is None:
@@ -702,8 +715,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SPEC",
-        help="inject a fault: drop:N dup:N swap:N close:N malformed:N rest:CODE:K "
-        "(N counted per connection; CODE 429/418/403/500, any 4xx/5xx, or timeout); repeatable",
+        help="inject a fault: drop:N dup:N swap:N close:N malformed:N rest:CODE:K ws:CODE:K "
+        "(N counted per connection; CODE 429/418/403/500, any 4xx/5xx, or timeout for rest); "
+        "repeatable",
     )
     parser.add_argument(
         "--rest-hang", type=float, default=30.0, help="seconds a rest:timeout request hangs"

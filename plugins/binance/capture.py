@@ -409,8 +409,8 @@ def _gunzip(raw: IO[bytes], block: int = 1 << 18, most: int = 4 << 20) -> Iterat
 
 
 Meter = tuple[list[int], int]
-"""Where a reader adds the bytes it read from the disk: ``(counts, index)`` -> ``counts[index]``
-(one slot per file, so each slot has one writer thread)."""
+"""Where a reader counts the bytes it read from the disk: ``(counts, index)`` ->
+``counts[index]`` (one slot per file)."""
 
 
 class _Counted:
@@ -442,12 +442,15 @@ class _ReadAhead:
     chunk. zlib releases the GIL while it inflates (a third of the replay's time otherwise),
     so this runs beside the replay on another core; big blocks keep the thread's own GIL
     needs - and so its interference with the replay - to a few dozen per file.
-    ``close()`` stops the thread and closes the file."""
+    ``close()`` stops the thread and closes the file. ``meter``: set, when ``read()`` hands
+    out a chunk, to the bytes of the file read to make it (so it runs ahead of what the
+    reader has seen by one 256 KiB block at most, not by the whole queue)."""
 
     def __init__(self, path: Path, ahead: int = 4, meter: Meter | None = None) -> None:
-        raw = open(path, "rb")
-        self._raw: IO[bytes] | _Counted = raw if meter is None else _Counted(raw, meter)
-        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(ahead)
+        self._read_so_far = [0]  # the worker's count; the meter shows the reader's
+        self._raw = _Counted(open(path, "rb"), (self._read_so_far, 0))
+        self._meter = meter
+        self._queue: queue.Queue[tuple[bytes, int] | BaseException] = queue.Queue(ahead)
         self._stop = False
         self._eof = False
         self._thread = threading.Thread(target=self._work, name=f"read {path.name}", daemon=True)
@@ -458,12 +461,12 @@ class _ReadAhead:
             for chunk in _gunzip(self._raw):
                 if self._stop:
                     return
-                self._put(chunk)
-            self._put(b"")
+                self._put((chunk, self._read_so_far[0]))
+            self._put((b"", self._read_so_far[0]))
         except BaseException as exc:  # handed to the reader, raised there
             self._put(exc)
 
-    def _put(self, item: bytes | BaseException) -> None:
+    def _put(self, item: tuple[bytes, int] | BaseException) -> None:
         while not self._stop:
             try:
                 self._queue.put(item, timeout=0.05)
@@ -479,9 +482,13 @@ class _ReadAhead:
         if isinstance(item, BaseException):
             self._eof = True
             raise item
-        if not item:
+        chunk, done = item
+        if self._meter is not None:
+            counts, i = self._meter
+            counts[i] = done
+        if not chunk:
             self._eof = True
-        return item
+        return chunk
 
     def close(self) -> None:
         self._stop = True
@@ -837,9 +844,10 @@ def read_frames(
     other merge without a heap operation per line. Close the generator (or exhaust it) to
     stop the threads at once.
 
-    ``read_bytes`` (progress): a list with one slot per path, where the readers add the bytes
-    they read from each file (as on disk, so compressed; a gzip file is read a few MiB ahead
-    of what was yielded): ``sum(read_bytes)`` against the files' sizes."""
+    ``read_bytes`` (progress): a list with one slot per path, where the readers keep the
+    bytes of each file read so far (as on disk, so compressed; up to 1 MiB of a plain file
+    or one 256 KiB block of a gzip file ahead of what was yielded): ``sum(read_bytes)``
+    against the files' sizes."""
     files = _capture_files(paths, "read_frames")
     if read_bytes is not None and len(read_bytes) != len(files):
         raise ValueError("read_bytes needs one slot per path")

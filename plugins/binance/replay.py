@@ -118,7 +118,8 @@ class Replay:
         self._bad_kinds: set[str] = set()
         self._warned_resync = False
         self._status_at = (time.monotonic(), 0, 0)
-        self._bar: Any = None
+        self._bar: Any = None  # a tqdm bar while one is shown
+        self._bar_at = (0.0, 0, 0)
 
     @property
     def position(self) -> float:
@@ -174,13 +175,18 @@ class Replay:
         failed = ""
         frames = read_frames(*self.files, read_bytes=self.read_bytes)
         if cfg.progress and sys.stderr.isatty():
-            ctx.spawn(self._progress(), name="replay-progress")
+            self._open_bar()
         try:
             try:
-                if cfg.speed:
-                    await self._play(frames, cfg.speed)
-                else:
-                    await self._play_fast(frames)
+                first = next(frames, None)  # its time starts the speed (x real time) figures
+                if first is not None:
+                    self.last_ts = first[0]
+                    self._status_at = self._bar_at = (time.monotonic(), 0, first[0])
+                    stream = itertools.chain((first,), frames)
+                    if cfg.speed:
+                        await self._play(stream, cfg.speed)
+                    else:
+                        await self._play_fast(stream)
             finally:
                 frames.close()  # stops the read-ahead threads (also when cancelled)
         except CaptureError as err:
@@ -189,8 +195,10 @@ class Replay:
             ctx.log.error("replay failed", exc_info=err)
             failed = f"replay failed after {self.frames} frames: {type(err).__name__}: {err}"
         self.done = True
+        self._close_bar()  # its last state, before the log lines below
         ctx.log.info(
-            "replay finished: %d frames published, %d skipped%s",
+            "replay %s: %d frames published, %d skipped%s",
+            "stopped early" if failed else "finished",
             self.frames,
             self.bad,
             f", {self.ignored} ignored (kinds tickbus does not use)" if self.ignored else "",
@@ -307,12 +315,17 @@ class Replay:
             f"{rate:,.0f} frames/s, {speed:.1f}x real time"
         )
 
-    async def _progress(self) -> None:
-        """Keep a progress bar on the terminal, refreshed by a timer (not per frame)."""
+    def _open_bar(self) -> None:
+        """A progress bar on the terminal, refreshed by a task of its own (never per frame)."""
         try:
             from tqdm import tqdm
 
-            bar = tqdm(
+            try:  # a terminal that reports no size (a bare pty) would get no bar at all
+                size = os.get_terminal_size(sys.stderr.fileno())
+                sized = size.columns > 0 and size.lines > 0
+            except OSError:
+                sized = False
+            self._bar = tqdm(
                 total=self.total_bytes,
                 desc=f"replay {self.name}",
                 unit="B",
@@ -320,30 +333,52 @@ class Replay:
                 unit_divisor=1024,
                 file=sys.stderr,
                 mininterval=_BAR_EVERY_S,
-                dynamic_ncols=True,
+                dynamic_ncols=sized,
+                ncols=None if sized else 100,
+                nrows=None if sized else 24,
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-                "[{elapsed}<{remaining}] {postfix}",
+                "[{elapsed}<{remaining}{postfix}]",
             )
         except Exception as err:  # a terminal tqdm cannot draw on must not stop the replay
             self.ctx.log.warning("no progress bar: %r", err)
             return
-        start, frames_then, ts_then = time.monotonic(), 0, 0
+        self._bar_at = (time.monotonic(), 0, 0)
+        self.ctx.spawn(self._progress(), name="replay-progress")
+
+    async def _progress(self) -> None:
         try:
-            while True:
-                done = self.done
-                bar.update(min(sum(self.read_bytes), self.total_bytes) - bar.n)
-                now = time.monotonic()
-                rate = (self.frames - frames_then) / max(now - start, 1e-9)
-                speed = (self.last_ts - ts_then) / 1e9 / max(now - start, 1e-9) if ts_then else 0
-                bar.set_postfix_str(f"{self.frames:,} frames, {rate:,.0f}/s, {speed:.1f}x")
-                start, frames_then, ts_then = now, self.frames, self.last_ts
-                if done:
-                    return
+            while self._bar is not None:
+                self._refresh_bar()
                 await asyncio.sleep(_BAR_EVERY_S)
-        except Exception as err:
+        finally:  # cancelled (the run stops): leave the bar as it was
+            self._close_bar(refresh=False)
+
+    def _refresh_bar(self) -> None:
+        bar = self._bar
+        try:
+            bar.update(min(sum(self.read_bytes), self.total_bytes) - bar.n)
+            now = time.monotonic()
+            then, frames_then, ts_then = self._bar_at
+            dt = max(now - then, 1e-9)
+            rate = (self.frames - frames_then) / dt
+            speed = (self.last_ts - ts_then) / 1e9 / dt if ts_then else 0.0
+            bar.set_postfix_str(f"{self.frames:,} frames, {rate:,.0f}/s, {speed:.1f}x")
+            self._bar_at = (now, self.frames, self.last_ts)
+        except Exception as err:  # a bar must never stop a replay
+            self._bar = None
             self.ctx.log.warning("progress bar stopped: %r", err)
-        finally:
+
+    def _close_bar(self, refresh: bool = True) -> None:
+        bar = self._bar
+        if bar is None:
+            return
+        if refresh:
+            self._refresh_bar()
+        self._bar = None
+        try:
             bar.close()
+        except Exception as err:
+            self.ctx.log.warning("progress bar: %r", err)
 
 
 def _ignorable(kind: str, payload: bytes) -> str:

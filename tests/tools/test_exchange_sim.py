@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -20,6 +21,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from conftest import tickbus_cmd, tickbus_env
 from tickbus.plugins.binance.capture import SAMPLE, Record, read_capture
 from tickbus.tools.exchange_sim import ExchangeSim, Fault, main, parse_fault
 
@@ -308,6 +310,43 @@ def test_rest_errors_and_misc_endpoints() -> None:
     run_sim(body)
 
 
+def test_exchange_info_lists_the_captures_symbols() -> None:
+    def listed(raw: bytes) -> list[tuple[str, str]]:
+        return [(s["symbol"], s["status"]) for s in json.loads(raw)["symbols"]]
+
+    async def body(sim: ExchangeSim, port: int) -> None:
+        for path in ("/api/v3/exchangeInfo", "/fapi/v1/exchangeInfo"):
+            status, _, raw = await aget(port, path)
+            assert status == 200 and listed(raw) == [("BTCUSDT", "TRADING")]
+        q = urllib.parse.quote('["BTCUSDT"]')
+        status, _, raw = await aget(port, f"/api/v3/exchangeInfo?symbols={q}")
+        assert status == 200 and listed(raw) == [("BTCUSDT", "TRADING")]
+        # one unknown symbol fails the whole request, as on Binance
+        q = urllib.parse.quote('["BTCUSDT","ETHUSDT"]')
+        for query in (f"symbols={q}", "symbol=ETHUSDT"):
+            status, _, raw = await aget(port, f"/api/v3/exchangeInfo?{query}")
+            assert status == 400 and json.loads(raw) == {"code": -1121, "msg": "Invalid symbol."}
+        status, _, raw = await aget(port, "/api/v3/exchangeInfo?symbols=BTCUSDT")
+        assert status == 400 and json.loads(raw)["code"] == -1100
+        assert sim.rest_requests == 0  # depth requests only
+
+    run_sim(body)
+
+
+def test_unknown_stream_handshake_is_a_400_with_a_binance_like_body() -> None:
+    async def body(sim: ExchangeSim, port: int) -> None:
+        with pytest.raises(InvalidStatus) as ei:
+            async with wsc(port, f"/stream?streams={TRADE}/btcusdt@depth"):
+                pass
+        resp = ei.value.response
+        assert resp.status_code == 400
+        err = json.loads(resp.body)
+        assert set(err) == {"code", "msg"} and err["code"] < 0
+        assert "btcusdt@depth" in err["msg"] and TRADE not in err["msg"].split(";")[0]
+
+    run_sim(body)
+
+
 # ---------------------------------------------------------------- faults
 
 
@@ -315,7 +354,10 @@ def test_parse_fault() -> None:
     assert parse_fault("drop:3") == Fault("drop", 3)
     assert parse_fault("rest:429:2") == Fault("rest", 2, 429)
     assert parse_fault("rest:timeout:1") == Fault("rest", 1, None)
-    for bad in ["drop", "drop:0", "drop:x", "rest:429", "rest:200:1", "rest:nope:1", "boom:1"]:
+    assert parse_fault("rest:403:2") == Fault("rest", 2, 403)
+    assert parse_fault("ws:503:2") == Fault("ws", 2, 503)
+    for bad in ["drop", "drop:0", "drop:x", "rest:429", "rest:200:1", "rest:nope:1", "boom:1",
+                "ws:timeout:1", "ws:200:1", "ws:503"]:  # fmt: skip
         with pytest.raises(ValueError, match="bad fault"):
             parse_fault(bad)
     with pytest.raises(ValueError, match="bad fault"):
@@ -382,6 +424,33 @@ def test_fault_rest_codes() -> None:
     run_sim(body, faults=["rest:429:2", "rest:418:1", "rest:500:1"], retry_after_s=7)
 
 
+def test_fault_rest_403() -> None:
+    async def body(sim: ExchangeSim, port: int) -> None:
+        url = "/api/v3/depth?symbol=BTCUSDT&limit=10"
+        for _ in range(2):
+            status, headers, raw = await aget(port, url)
+            assert status == 403 and "Retry-After" not in headers
+            assert json.loads(raw)["msg"].startswith("Forbidden")
+        assert (await aget(port, url))[0] == 200
+
+    run_sim(body, faults=["rest:403:2"])
+
+
+def test_fault_ws_handshake() -> None:
+    async def body(sim: ExchangeSim, port: int) -> None:
+        for code in (429, 503, 503):
+            with pytest.raises(InvalidStatus) as ei:
+                async with wsc(port, ALL):
+                    pass
+            resp = ei.value.response
+            assert resp.status_code == code and "code" in json.loads(resp.body)
+            assert (resp.headers.get("Retry-After") == "3") == (code == 429)
+        async with wsc(port, ALL) as ws:
+            assert len(await recv_all(ws, 5)) == 5
+
+    run_sim(body, faults=["ws:429:1", "ws:503:2"], retry_after_s=3)
+
+
 def test_fault_rest_timeout() -> None:
     async def body(sim: ExchangeSim, port: int) -> None:
         url = "/api/v3/depth?symbol=BTCUSDT&limit=10"
@@ -429,6 +498,16 @@ def test_cli_subprocess_serves_then_exits_at_end_of_data() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_cli_port_out_of_range_is_one_line(port: str) -> None:
+    out = subprocess.run(
+        tickbus_cmd("exchange-sim", "--data", str(SAMPLE), "--port", port),
+        env=tickbus_env(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and "--port" in out.stderr, out.stderr
 
 
 def test_cli_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

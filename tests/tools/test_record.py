@@ -67,3 +67,29 @@ def test_sigterm_leaves_a_complete_file(tmp_path: Path) -> None:
         sim.close()
     assert proc.returncode == 0, err
     check_capture(tmp_path / "rec.gz")
+
+
+def test_a_rejected_stream_ends_the_recording_with_the_servers_reason(tmp_path: Path) -> None:
+    # the simulator has btcusdt@depth@100ms only: "1000ms" asks for btcusdt@depth, an HTTP 400
+    sim = SimThread(speed=20)
+    proc = record(tmp_path, sim.port, "--depth-interval", "1000ms")
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        sim.close()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    why = [line for line in err.splitlines() if "rejected the WebSocket handshake" in line]
+    assert len(why) == 1 and "HTTP 400" in why[0] and "btcusdt@depth" in why[0], err
+
+
+def test_a_bad_symbol_is_a_one_line_error(tmp_path: Path) -> None:
+    out = subprocess.run(
+        tickbus_cmd("record", "--symbols", "BTCUSDT", "BTC/USDT", "--ws-url", "ws://127.0.0.1:9",
+                    "--out", str(tmp_path / "rec.gz"), "--duration", "5"),
+        env=tickbus_env(), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "--symbols[1]" in out.stderr, out.stderr
+    assert not (tmp_path / "rec.gz").exists()

@@ -22,6 +22,8 @@ from tickbus.plugins.binance.capture import (
     _gunzip,
     _line_chunks,
     _text_chunks,
+    check_capture,
+    check_symbols,
     read_capture,
     read_frames,
 )
@@ -440,6 +442,45 @@ def test_read_frames_file_level_errors(tmp_path: Path) -> None:
         list(read_frames(tmp_path / "x.txt"))
     (tmp_path / "empty.txt").write_bytes(b"\n\n")
     assert list(read_frames(tmp_path / "empty.txt")) == []
+
+
+def test_check_capture_reads_only_the_head_and_names_the_file(tmp_path: Path) -> None:
+    check_capture(SAMPLE)
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(SAMPLE.read_bytes()[:200_000])
+    check_capture(cut)  # a truncated end is the reader's to find, at the end
+    (tmp_path / "x.txt").write_bytes(b"hello world\n")
+    (tmp_path / "blank.txt").write_bytes(b"\n\n")
+    (tmp_path / "empty.gz").write_bytes(gzip.compress(b""))
+    (tmp_path / "not.gz").write_bytes(b"\x1f\x8b" + bytes(range(200)))
+    (tmp_path / "dir.gz").mkdir()
+    for name in ["nope.gz", "x.txt", "blank.txt", "empty.gz", "not.gz", "dir.gz"]:
+        with pytest.raises(CaptureError) as err:
+            check_capture(tmp_path / name)
+        assert str(err.value).startswith(f"{tmp_path / name}:"), err.value
+
+
+def test_check_symbols() -> None:
+    ok = ["btcusdt", "BTCUSDT", "ETHUSDT", "BTCUSD_PERP", "BTCUSDT_250627", "1000PEPEUSDT"]
+    assert check_symbols(ok, "k") == ok[1:]  # upper-cased, duplicates dropped
+    for bad in ["BTC-USDT", "BTC.USDT", "", "A" * 21, "BTC\x00", "ß", "BTC USDT", "md.#"]:
+        with pytest.raises(ValueError, match=r"^plugins\.x\.symbols\[1\]: "):
+            check_symbols(["ETHUSDT", bad], "plugins.x.symbols")
+
+
+def test_read_frames_reports_the_bytes_it_read(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes(gzip.decompress(SAMPLE.read_bytes()))
+    read = [0, 0]
+    it = read_frames(SAMPLE, plain, read_bytes=read)
+    next(it)
+    # what was read is what the reader has seen, not what the read-ahead thread has fetched
+    assert 0 < read[0] <= 256 * 1024 and 0 < read[1] <= 1 << 20
+    frames = 1 + sum(1 for _ in it)
+    assert frames == 2 * len(list(read_frames(SAMPLE)))
+    assert read == [SAMPLE.stat().st_size, plain.stat().st_size]
+    with pytest.raises(ValueError, match="one slot per path"):
+        read_frames(SAMPLE, read_bytes=[0, 0])
 
 
 def test_read_frames_crlf_and_blank_lines(tmp_path: Path) -> None:

@@ -75,13 +75,16 @@ def live(start_kernel) -> Iterator[Callable[..., tuple[list[BookTop], Any, SimTh
     def run(
         *faults: str,
         rest_hang_s: float = 30.0,
+        retry_after_s: int = 0,
         speed: float = 0,
         data: list[Path] | None = None,
         market: str = "spot",
         wait_end: bool = True,
         **feed: Any,
     ) -> tuple[list[BookTop], Any, SimThread]:
-        sim = SimThread(data, speed=speed, faults=faults, rest_hang_s=rest_hang_s, retry_after_s=0)
+        sim = SimThread(
+            data, speed=speed, faults=faults, rest_hang_s=rest_hang_s, retry_after_s=retry_after_s
+        )
         sims.append(sim)
         url = f"127.0.0.1:{sim.port}"
         k = start_kernel(
@@ -154,8 +157,9 @@ def test_clean_stream_is_the_replay_sequence(live, replayed) -> None:
 
 @pytest.mark.parametrize(
     "fault",
-    ["drop:300", "dup:300", "swap:300", "malformed:500", "close:4000", "rest:429:2", "rest:500:2"],
-)
+    ["drop:300", "dup:300", "swap:300", "malformed:500", "close:4000", "rest:429:2", "rest:500:2",
+     "rest:403:2", "ws:503:2", "ws:429:1"],
+)  # fmt: skip
 def test_faults_never_yield_a_wrong_valid_book(live, replayed, fault: str) -> None:
     books, k, sim = live(fault)
     valid = check_against_replay(books, replayed)
@@ -170,9 +174,27 @@ def test_faults_never_yield_a_wrong_valid_book(live, replayed, fault: str) -> No
         assert feed.stats["bad_frames"] >= 1
     elif fault.startswith("close"):
         assert feed.stats["connects"] >= 3 and sync.stats.resyncs >= 1
+    elif fault.startswith("ws"):  # a 5xx or 429 handshake answer is transient: retried
+        assert feed.stats["rejected"] == int(fault.split(":")[2])
     else:
         assert feed.stats["rest_errors"] == 2
         assert sim.sim.rest_requests >= 3
+
+
+def test_snapshot_failures_are_logged_with_status_and_body(live, replayed, caplog) -> None:
+    # a 4xx answer (here a proxy's 403) used to end the retries: the book stayed unsynced
+    books, k, _ = live("rest:403:3")
+    check_against_replay(books, replayed)
+    failures = [r.getMessage() for r in caplog.records if "snapshot failed" in r.getMessage()]
+    assert len(failures) == 3
+    assert all("HTTP 403" in m and "exchange-sim fault" in m for m in failures), failures
+
+
+def test_retry_after_is_honoured_up_to_its_cap(live, replayed) -> None:
+    # an hour-long Retry-After (a proxy, an IP ban) is cut to retry_after_max_s
+    books, k, sim = live("rest:429:1", retry_after_s=3600, retry_after_max_s=0.3)
+    check_against_replay(books, replayed)
+    assert k.contexts["binance_feed"].component.stats["rest_errors"] == 1
 
 
 def test_rest_timeout_is_retried(live, replayed) -> None:
