@@ -243,6 +243,7 @@ class BookSync:
                     else d.prev_update_id == self._id
                 )
                 and 0 <= d.first_update_id <= d.last_update_id < _ID_END
+                and -1 <= d.prev_update_id < _ID_END
             ):
                 try:
                     crossed = self.book.apply_levels(d.bids, d.asks)

@@ -19,7 +19,7 @@ import pytest
 
 from tickbus.plugins.binance.capture import SAMPLE, read_capture
 from tickbus.plugins.binance.parse import FrameParser
-from tickbus.plugins.book.sync import Action, BookSync, Market, SyncState
+from tickbus.plugins.book.sync import Action, BadMessage, BookSync, Market, SyncState
 from tickbus.schemas import BookTicker, DepthDiff, DepthSnapshot
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "binance"
@@ -346,6 +346,134 @@ def test_snapshot_ignored_when_live_reset_and_symbol_check() -> None:
     assert sync.need_snapshot and len(sync.book) == 0 and sync.buffered == 0
     with pytest.raises(ValueError, match="market"):
         BookSync("margin")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- impossible messages
+#
+# A DepthDiff/DepthSnapshot can arrive over the bus from another process, so BookSync checks
+# what it would turn into state. Before: a diff with u = 99999999999999999999999 chaining on
+# the book became its id, every real event after it was dropped as "stale", and the book
+# still said it was valid.
+
+_HUGE = 99_999_999_999_999_999_999_999  # the reviewer's id (a JSON frame through msgspec)
+_BIG = 2**64 - 1  # the largest id a msgpack message from another process can carry
+
+
+def _pack(levels: list[list[int]]) -> bytes:
+    return np.array(levels, dtype="<i8").reshape(-1, 2).tobytes()
+
+
+FORGED: dict[str, tuple[str, dict[str, object]]] = {
+    # name: (BadMessage.kind, fields replaced in a real diff)
+    "u-huge": ("ids", {"last_update_id": _HUGE}),
+    "u-2**63": ("ids", {"last_update_id": 2**63}),
+    "u-msgpack-max": ("ids", {"last_update_id": _BIG}),
+    "U-negative": ("ids", {"first_update_id": -1}),
+    "pu-huge": ("ids", {"prev_update_id": _BIG}),
+    "pu-below-none": ("ids", {"prev_update_id": -2}),
+    "levels-17-bytes": ("levels", {"bids": _pack([[100, 1]]) + b"\x00"}),
+    "price-zero": ("levels", {"asks": _pack([[0, 1]])}),
+    "price-negative": ("levels", {"bids": _pack([[-5, 1]])}),
+    "qty-negative": ("levels", {"bids": _pack([[6_000_000_000_000, -1]])}),
+}
+
+
+def _forge(d: DepthDiff, name: str) -> DepthDiff:
+    return msgspec.structs.replace(d, **FORGED[name][1])
+
+
+def _refused(sync: BookSync, msg: DepthDiff | DepthSnapshot, kind: str) -> None:
+    with pytest.raises(BadMessage) as info:
+        sync.on_diff(msg) if type(msg) is DepthDiff else sync.on_snapshot(msg)
+    assert info.value.kind == kind
+
+
+@pytest.mark.parametrize("name", [*FORGED, "u-below-U"])
+def test_impossible_diff_on_a_live_book_changes_nothing(name: str) -> None:
+    """Forged versions of the next real event (chaining, so the hot path sees them) are
+    refused; the book, its id and validity are untouched and the real stream goes on."""
+    s = sample()
+    sync, i = _synced(s)
+    g = 400
+    feed(sync, s.diffs[i:g])
+    before = (sync.book.levels("bid").tolist(), sync.book.levels("ask").tolist())
+    d = s.diffs[g]
+    if name == "u-below-U":
+        forged, kind = msgspec.structs.replace(d, last_update_id=d.first_update_id - 1), "ids"
+    else:
+        forged, kind = _forge(d, name), FORGED[name][0]
+    _refused(sync, forged, kind)
+    assert sync.valid and sync.last_update_id == s.diffs[g - 1].last_update_id
+    assert (sync.book.levels("bid").tolist(), sync.book.levels("ask").tolist()) == before
+    assert set(feed(sync, s.diffs[g:])) == {Action.APPLIED}
+    assert sync.valid and sync.last_update_id == s.diffs[-1].last_update_id
+    assert_book_equals(sync, clean_ref(s, len(s.diffs) - 1))
+    assert sync.stats.gaps == 0
+
+
+@pytest.mark.parametrize("name", list(FORGED))
+def test_impossible_diff_is_never_buffered(name: str) -> None:
+    """While waiting for the snapshot nothing is applied yet, so a forged diff would sit in
+    the buffer and be applied unchecked later: it is refused before it is buffered."""
+    s = sample()
+    sync = BookSync("spot", "BTCUSDT")
+    pre = list(s.diffs[: s.before_snapshot])
+    feed(sync, pre[:2])
+    _refused(sync, _forge(pre[2], name), FORGED[name][0])
+    assert sync.buffered == 2
+    feed(sync, pre[2:])
+    assert sync.on_snapshot(s.snapshot) is Action.SYNCED
+    assert set(feed(sync, s.diffs[s.before_snapshot :])) == {Action.APPLIED}
+    assert_book_equals(sync, clean_ref(s, len(s.diffs) - 1))
+
+
+@pytest.mark.parametrize(
+    ("fields", "kind"),
+    [
+        ({"last_update_id": _HUGE}, "ids"),
+        ({"last_update_id": 2**63}, "ids"),
+        ({"last_update_id": _BIG}, "ids"),
+        ({"last_update_id": -1}, "ids"),
+        ({"bids": b"\x01" * 15}, "levels"),
+        ({"asks": _pack([[0, 1]])}, "levels"),
+        ({"bids": _pack([[1, -1]])}, "levels"),
+    ],
+    ids=["L-huge", "L-2**63", "L-msgpack-max", "L-negative", "levels-15-bytes", "price-zero",
+         "qty-negative"],
+)  # fmt: skip
+def test_impossible_snapshot_changes_nothing(fields: dict[str, object], kind: str) -> None:
+    """Before: a snapshot with a huge lastUpdateId dropped every buffered diff as contained,
+    was accepted, and the book stayed valid with an id no real event could follow."""
+    s = sample()
+    sync = BookSync("spot", "BTCUSDT")
+    feed(sync, s.diffs[: s.before_snapshot])
+    _refused(sync, msgspec.structs.replace(s.snapshot, **fields), kind)
+    assert sync.need_snapshot and sync.buffered == s.before_snapshot
+    assert sync.on_snapshot(s.snapshot) is Action.SYNCED
+    assert set(feed(sync, s.diffs[s.before_snapshot :])) == {Action.APPLIED}
+    assert sync.valid and sync.last_update_id == s.diffs[-1].last_update_id
+    assert sync.stats.syncs == 1
+    # a live book ignores snapshots, but an impossible one is still reported
+    _refused(sync, msgspec.structs.replace(s.snapshot, **fields), kind)
+    assert sync.stats.ignored == 0
+
+
+def test_impossible_pu_on_a_live_futures_book() -> None:
+    s = as_futures(sample())
+    k = 500
+    sync = BookSync("usdm")
+    feed(sync, s.diffs[k - 3 : k + 1])
+    assert sync.on_snapshot(derived_snapshot(s, k)) is Action.SYNCED
+    feed(sync, s.diffs[k + 1 : 800])
+    d = s.diffs[800]
+    for forged in (
+        msgspec.structs.replace(d, last_update_id=_BIG),  # pu chains: the hot path
+        msgspec.structs.replace(d, prev_update_id=_HUGE),
+        msgspec.structs.replace(d, prev_update_id=-7),
+    ):
+        _refused(sync, forged, "ids")
+    assert set(feed(sync, s.diffs[800:])) == {Action.APPLIED}
+    assert sync.valid and sync.stats.gaps == 0
 
 
 # ---------------------------------------------------------------- futures rules (pu)
