@@ -28,6 +28,7 @@ from typing import Any
 from tickbus.kernel import PluginContext, strategy_plugin
 from tickbus.schemas import FeatureVector
 
+from .onnx_model import ModelError, OnnxModel, model_file
 from .trader import Decision, SignalTrader, TraderConfig, clamp
 
 
@@ -67,10 +68,8 @@ class ImbalanceStrategy(SignalTrader):
         self._check(cfg.volatility_scale > 0, "volatility_scale", "must be > 0")
         self._check(cfg.volatility_floor > 0, "volatility_floor", "must be > 0")
         self._check(cfg.holding_scale_ms > 0, "holding_scale_ms", "must be > 0")
-        self.model: Any = None
+        self.model: OnnxModel | None = None
         if cfg.enable_ml:
-            from .onnx_model import OnnxModel, model_file
-
             self.model = OnnxModel(model_file(ctx, cfg.model_path), f"plugins.{self.id}")
             self.uses = tuple(dict.fromkeys((*self.uses, *self.model.names)))
         # the rule's constants, read once (a decision is on the hot path)
@@ -95,9 +94,14 @@ class ImbalanceStrategy(SignalTrader):
         if confidence < min_conf:
             why = f"confidence {confidence:.4g} < min_confidence {min_conf:g}"
         elif self.model is not None:
-            m_dir, m_conf, _ = self.model.predict(fv)
-            if m_dir != direction:
-                why = f"model disagrees: direction {m_dir:+d} (confidence {m_conf:.3f})"
+            try:
+                m_dir, m_conf, _ = self.model.predict(fv)
+            except ModelError as err:
+                why = f"model output invalid: {err}"
+                self._bad(why, fv)
+            else:
+                if m_dir != direction:
+                    why = f"model disagrees: direction {m_dir:+d} (confidence {m_conf:.3f})"
         return Decision(direction, strength, confidence, holding, why)
 
 

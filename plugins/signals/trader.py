@@ -387,6 +387,13 @@ class SignalTrader(Strategy):
     def on_stop(self) -> None:
         for symbol in self.symbols:
             self._drop_intent(symbol)
+        c, s = self.counts, self.stats
+        self.log.info(
+            "%d signals (%d suppressed, %d bad vectors); %d order requests (%d requotes, %d"
+            " exits), %d cancels (%d stale), %d fills, %d rejects",
+            c["signals"], c["suppressed"], c["bad_features"], s["orders"], c["requotes"],
+            c["exits"], s["cancels"], c["stale_cancels"], s["fills"], s["rejects"],
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ reporting
 
