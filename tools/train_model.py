@@ -1,8 +1,8 @@
 """``tickbus train-model``: fit the ONNX model of ``onnx_strategy`` on recorded market data.
 
-    tickbus train-model [--capture FILE [FILE ...]] ... [--horizon-ms 1000]
-                        [--dead-band-bps 0.5] [--test-fraction 0.3] [--l2 0.001]
-                        [--config FILE] [--out plugins/signals/model/btcusdt_lr.onnx]
+    tickbus train-model [--capture FILE [FILE ...]] ... [--horizon-ms 2000]
+                        [--dead-band-bps 0.25] [--test-fraction 0.3] [--l2 0.001]
+                        [--config FILE] [--out spot_lr.onnx]
 
 1. **Features** come from the real plugins: each ``--capture`` group (files read as one
    stream, e.g. the two halves of a day) is replayed in-process through ``replay_feed``
@@ -45,7 +45,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "binance" / "hftbacktest" / "examples" / "spot"
-DEFAULT_CAPTURES = [[SHARED / "btcusdt_20240808.gz", SHARED / "btcusdt_20240809.gz"]]
+DEFAULT_CAPTURES = [
+    [SHARED / "btcusdt_20240808.gz", SHARED / "btcusdt_20240809.gz"],
+    [SHARED / "ethusdt_20240808.gz", SHARED / "ethusdt_20240809.gz"],
+]
 DEFAULT_FEATURES = (
     "volatility", "momentum", "imbalance", "weighted_imbalance", "spread_bps", "depth_ratio",
     "bid_pressure", "ask_pressure", "trade_flow", "toxicity", "price_acceleration",
@@ -271,12 +274,12 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--capture", action="append", nargs="+", type=Path, metavar="FILE",
         help="capture files read as one stream (repeat for more streams; default: ../shared"
-             " spot BTCUSDT 2024-08-08+09, else the bundled sample)",
+             " spot BTCUSDT and ETHUSDT 2024-08-08+09, else the bundled sample)",
     )  # fmt: skip
     p.add_argument("--features", default=",".join(DEFAULT_FEATURES),
                    help="comma-separated FeatureVector fields, in input order")  # fmt: skip
-    p.add_argument("--horizon-ms", type=float, default=1000.0, help="label horizon H (ms)")
-    p.add_argument("--dead-band-bps", type=float, default=0.5,
+    p.add_argument("--horizon-ms", type=float, default=2000.0, help="label horizon H (ms)")
+    p.add_argument("--dead-band-bps", type=float, default=0.25,
                    help="|mid move| up to this is class 0 (bps)")  # fmt: skip
     p.add_argument("--test-fraction", type=float, default=0.3, help="last share of each stream")
     p.add_argument("--l2", type=float, default=1e-3, help="L2 penalty")
@@ -284,7 +287,7 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=3000, help="gradient descent steps")
     p.add_argument("--config", type=Path,
                    help="take [plugins.book] and [plugins.features] from this config")  # fmt: skip
-    p.add_argument("--out", type=Path, default=Path("btcusdt_lr.onnx"), help="model file")
+    p.add_argument("--out", type=Path, default=Path("spot_lr.onnx"), help="model file")
 
 
 def _default_captures() -> list[list[Path]]:
@@ -334,6 +337,7 @@ def run(args: argparse.Namespace) -> int:
     acc = float((pred == y_te).mean())
     majority = int(np.bincount(y_tr, minlength=3).argmax())
     base = float((y_te == majority).mean())
+    hindsight = float(np.bincount(y_te, minlength=3).max() / len(y_te))
     share = lambda y: "/".join(f"{v:.2f}" for v in np.bincount(y, minlength=3) / len(y))  # noqa: E731
     meta = {
         "tickbus.horizon_ms": f"{args.horizon_ms:g}",
@@ -343,6 +347,7 @@ def run(args: argparse.Namespace) -> int:
         "tickbus.samples": f"train {len(y_tr)}, test {len(y_te)}",
         "tickbus.test_accuracy": f"{acc:.4f}",
         "tickbus.baseline_accuracy": f"{base:.4f}",
+        "tickbus.hindsight_accuracy": f"{hindsight:.4f}",
         "tickbus.command": "tickbus train-model " + shlex.join(sys.argv[2:] if
                            sys.argv[1:2] == ["train-model"] else sys.argv[1:]),
     }  # fmt: skip
@@ -355,8 +360,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"streams: {', '.join(s.name for s in streams)}")
     print(f"vectors: train {len(y_tr)}, test {len(y_te)} (last {args.test_fraction:.0%} of each"
           f" stream); classes down/flat/up: train {share(y_tr)}, test {share(y_te)}")  # fmt: skip
-    print(f"test accuracy {acc:.4f}; majority-class baseline ({CLASSES[majority]:+d})"
-          f" {base:.4f}; directional calls {int(directional.sum())}, right {hit:.2%}")  # fmt: skip
+    print(f"test accuracy {acc:.4f}; majority-class baseline (the training set's majority,"
+          f" {CLASSES[majority]:+d}) {base:.4f}; best constant in hindsight"
+          f" {hindsight:.4f}")  # fmt: skip
+    print(f"directional calls {int(directional.sum())} of {len(pred)}, right {hit:.2%}")
     print(f"wrote {args.out}")
     return 0
 

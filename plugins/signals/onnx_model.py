@@ -48,7 +48,7 @@ INPUT = "features"
 OUTPUTS = ("direction", "confidence", "holding_period")
 META_FEATURES = "tickbus.features"
 MODEL_DIR = Path(__file__).resolve().parent / "model"
-BUNDLED = MODEL_DIR / "btcusdt_lr.onnx"
+BUNDLED = MODEL_DIR / "spot_lr.onnx"
 """The bundled model (``model/README.md`` says how it was made)."""
 
 _NOT_FEATURES = frozenset({"symbol", "timestamp_ns", "book_update_id", "ts_recv_ns"})
