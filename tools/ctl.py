@@ -36,26 +36,36 @@ import zmq
 from tickbus.kernel.config import Config, load_config, parse_config
 from tickbus.kernel.errors import TickbusError
 from tickbus.kernel.fixed import from_fixed
-from tickbus.kernel.router import frame, split_frame
+from tickbus.kernel.router import Connector, frame, split_frame
 from tickbus.schemas import NOTIONAL_SCALE, ControlCommand, ControlReply
 
 _RESEND_S = 0.5
 _ORIGIN = ((os.getpid() & 0xFFFFFF) << 8 | 0xFF).to_bytes(4, "big")  # never a lane's own
 
 
-def endpoints(config: str | None) -> tuple[str, str]:
-    """(publish, subscribe) endpoints of the bus a config's process hosts or joins."""
+def endpoints(config: str | None) -> tuple[str, str, Connector]:
+    """(publish, subscribe) endpoints of the bus a config's process hosts or joins, and
+    how to connect to them (CURVE keys for tcp)."""
     path = config or os.environ.get("TICKBUS_CONFIG")
     cfg: Config = load_config(path) if path else parse_config({})
     bus = cfg.bus
     if bus.join_pub:  # its lanes are remote lanes of another process: talk to that bus
-        return cfg.endpoint(bus.join_pub), cfg.endpoint(bus.join_sub)
-    if not bus.listen_pub or not bus.listen_sub:
+        eps = {
+            "bus.join_pub": cfg.endpoint(bus.join_pub),
+            "bus.join_sub": cfg.endpoint(bus.join_sub),
+        }
+    elif bus.listen_pub and bus.listen_sub:
+        eps = {
+            "bus.listen_pub": cfg.endpoint(bus.listen_pub[0]),
+            "bus.listen_sub": cfg.endpoint(bus.listen_sub[0]),
+        }
+    else:
         raise TickbusError(
             f"{cfg.path}: bus.listen_pub/listen_sub are empty: nothing outside the process"
             " can publish into its bus (use --pub/--sub)"
         )
-    return cfg.endpoint(bus.listen_pub[0]), cfg.endpoint(bus.listen_sub[0])
+    pub_ep, sub_ep = eps.values()
+    return pub_ep, sub_ep, Connector.for_endpoints(cfg, eps)
 
 
 class CtlError(Exception):
@@ -63,9 +73,16 @@ class CtlError(Exception):
 
 
 def send_command(
-    pub_ep: str, sub_ep: str, target: str, command: str, args: list[str], timeout: float
+    pub_ep: str,
+    sub_ep: str,
+    target: str,
+    command: str,
+    args: list[str],
+    timeout: float,
+    connector: Connector | None = None,
 ) -> ControlReply:
     """Send one command and return the target's reply."""
+    connector = connector or Connector.for_endpoints(None, {"--pub": pub_ep, "--sub": sub_ep})
     for ep in (pub_ep, sub_ep):
         if ep.startswith("ipc://") and not os.path.exists(ep[len("ipc://") :]):
             raise CtlError(f"no bus at {ep} (is tickbus running? --config FILE)")
@@ -77,8 +94,8 @@ def send_command(
         for sock in (sub, pub):
             sock.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.SUBSCRIBE, b"ctl.reply")
-        sub.connect(sub_ep)
-        pub.connect(pub_ep)
+        connector.connect(sub, sub_ep)
+        connector.connect(pub, pub_ep)
         deadline = time.monotonic() + timeout
         _wait_for_subscriber(pub, topic, deadline, pub_ep)
         rid = uuid.uuid4().hex[:16]
@@ -225,7 +242,11 @@ def run(args: argparse.Namespace) -> int:
     """Send the command, print the answer."""
     if bool(args.pub) != bool(args.sub):
         raise TickbusError("--pub and --sub go together")
-    pub_ep, sub_ep = (args.pub, args.sub) if args.pub else endpoints(args.config)
+    connector = None
+    if args.pub:
+        pub_ep, sub_ep = args.pub, args.sub
+    else:
+        pub_ep, sub_ep, connector = endpoints(args.config)
     cmd_args: list[str] = []
     if args.ctl_command in ("kill-switch", "state"):
         cmd_args.append(args.mode)
@@ -236,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
                 cmd_args.append(name if value else f"no-{name}")
     try:
         reply = send_command(pub_ep, sub_ep, args.target, args.ctl_command, cmd_args,
-                             args.timeout)  # fmt: skip
+                             args.timeout, connector)  # fmt: skip
     except CtlError as err:
         print(f"tickbus ctl: {err}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import os
 import signal
 import sys
 import time
@@ -26,9 +27,10 @@ from types import FrameType
 import msgspec
 import zmq
 
+from tickbus.kernel import runtime
 from tickbus.kernel.errors import TickbusError
 from tickbus.kernel.fixed import from_fixed, to_fixed
-from tickbus.kernel.router import bind
+from tickbus.kernel.router import IPC_PATH_MAX, OWNER_MODE
 from tickbus.schemas import RiskCheckReply, RiskCheckRequest
 
 
@@ -53,7 +55,12 @@ class Gateway:
     """The ROUTER and its rules; :meth:`serve` runs until :meth:`stop`."""
 
     def __init__(
-        self, endpoint: str, rules: Rules, delay_ms: float = 0.0, drop_every: int = 0
+        self,
+        endpoint: str,
+        rules: Rules,
+        delay_ms: float = 0.0,
+        drop_every: int = 0,
+        check_dir: bool = True,
     ) -> None:
         self.endpoint = endpoint
         self.rules = rules
@@ -67,12 +74,40 @@ class Gateway:
         self._zctx = zmq.Context(io_threads=1)
         self.sock = self._zctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self._file: tuple[str, tuple[int, int] | None] | None = None
         try:
-            bind(self.sock, endpoint, "the risk gateway")
-        except TickbusError:
+            self._bind(check_dir)
+        except BaseException:
             self.sock.close(linger=0)
             self._zctx.term()
             raise
+
+    def _bind(self, check_dir: bool) -> None:
+        """Bind; an ipc socket as the bus's are (kernel.runtime): in a private directory,
+        never over a live listener, owner-only - whoever can connect may ask, and whoever
+        could bind there instead would approve every order."""
+        ep = self.endpoint
+        if not ep.startswith("ipc://"):
+            try:
+                self.sock.bind(ep)
+            except zmq.ZMQError as err:
+                raise TickbusError(f"cannot bind {ep}: {err.strerror}") from None
+            return
+        path = ep[len("ipc://") :]
+        if len(path.encode()) > IPC_PATH_MAX:
+            raise TickbusError(f"cannot bind {ep}: ipc path longer than {IPC_PATH_MAX} bytes")
+        runtime.ensure_private_dir(Path(path).parent, check=check_dir, what="gateway directory")
+        if runtime.listener_at(path):
+            raise TickbusError(f"cannot bind {ep}: another process is listening there")
+        old = os.umask(0o177)  # the file is created 0600: nobody else connects in between
+        try:
+            self.sock.bind(ep)
+        except zmq.ZMQError as err:
+            raise TickbusError(f"cannot bind {ep}: {err.strerror}") from None
+        finally:
+            os.umask(old)
+        os.chmod(path, OWNER_MODE)
+        self._file = (path, runtime.file_id(path))
 
     def stop(self) -> None:
         self._running = False
@@ -134,8 +169,8 @@ class Gateway:
     def close(self) -> None:
         self.sock.close(linger=0)
         self._zctx.term()
-        if self.endpoint.startswith("ipc://"):
-            Path(self.endpoint[len("ipc://") :]).unlink(missing_ok=True)
+        if self._file is not None and self._file[1] is not None:
+            runtime.unlink_if_same(*self._file)  # only our own file, not a successor's
 
 
 def build_parser(p: argparse.ArgumentParser) -> None:
@@ -155,6 +190,10 @@ def build_parser(p: argparse.ArgumentParser) -> None:
         "--drop-every", type=int, default=0, metavar="N",
         help="do not answer every N-th request (1: none; 0: answer all)",
     )  # fmt: skip
+    p.add_argument(
+        "--no-check-dir", dest="check_dir", action="store_false",
+        help="allow an ipc socket in a directory others may write to (e.g. /tmp)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -166,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     if max_qty < 0 or args.delay_ms < 0 or args.drop_every < 0:
         raise TickbusError("--max-qty, --delay-ms and --drop-every must be >= 0")
     rules = Rules(max_qty, frozenset(s.upper() for s in args.allow))
-    gw = Gateway(args.endpoint, rules, args.delay_ms, args.drop_every)
+    gw = Gateway(args.endpoint, rules, args.delay_ms, args.drop_every, args.check_dir)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         gw.stop()

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
-from tickbus.kernel import PluginContext, TickbusError, hookimpl
+from tickbus.kernel import PluginContext, TickbusError, hookimpl, runtime
 from tickbus.schemas import (
     NOTIONAL_SCALE,
     SCALE,
@@ -83,6 +84,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     gateway_timeout_ms: float = 20.0
     gateway_policy: Literal["fail_closed", "fail_open"] = "fail_closed"
     """Without a verdict (timeout, gateway down): reject, or pass with a warning."""
+    check_gateway_dir: bool = True
+    """The gateway's ipc socket must be in a directory only this user may write to (else
+    someone could put their own gateway there, approving everything)."""
 
 
 @hookimpl
@@ -432,6 +436,12 @@ def tickbus_start(ctx: PluginContext) -> None:
     cfg = risk.cfg
     if cfg.risk_gateway:
         endpoint = cfg.risk_gateway.replace("{runtime_dir}", str(ctx.runtime_dir))
+        if endpoint.startswith("ipc://"):
+            runtime.ensure_private_dir(
+                Path(endpoint[len("ipc://") :]).parent,
+                check=cfg.check_gateway_dir,
+                what=f"plugins.{ctx.name}.risk_gateway: directory",
+            )
         try:
             risk.gateway = GatewayClient(
                 endpoint, cfg.gateway_timeout_ms / 1e3, ctx.loop, risk._verdict,
