@@ -82,13 +82,14 @@ def two_sided(book: BookTop) -> bool:
 class History:
     """Every event of one symbol (delivery order) with what is a function of the event alone
     (or of it and the previous valid book): its time - the running max of the venue
-    timestamps - and per valid book its imbalance and log mid return. Every aggregate is
-    then taken from scratch over these arrays, per vector."""
+    timestamps of trades and valid books - and per valid book its imbalance and log mid
+    return. Every aggregate is then taken from scratch over these arrays, per vector."""
 
     def __init__(self, msgs: list[BookTop | Trade], depth: int) -> None:
         times, tau = [], 0
         for m in msgs:
-            tau = max(tau, m.ts_exchange_ns)
+            if isinstance(m, Trade) or m.valid:  # an invalid book is not used, nor its time
+                tau = max(tau, m.ts_exchange_ns)
             times.append(tau)
         self.t0 = next((t for t in times if t > 0), 0)  # first venue time
         trades = [(t, m) for t, m in zip(times, msgs, strict=True) if isinstance(m, Trade)]
