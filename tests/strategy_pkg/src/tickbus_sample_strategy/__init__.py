@@ -1,0 +1,1 @@
+"""A sample third-party tickbus strategy package: see :mod:`.flow`."""
