@@ -138,9 +138,7 @@ PX = 60_000 * SCALE
 
 
 def lv(*pairs: tuple[float, float]) -> bytes:
-    return np.array(
-        [(round(p * SCALE), round(q * SCALE)) for p, q in pairs], dtype="<i8"
-    ).tobytes()
+    return np.array([(round(p * SCALE), round(q * SCALE)) for p, q in pairs], dtype="<i8").tobytes()
 
 
 def book(
