@@ -1316,6 +1316,10 @@ COLD_COMPILE_S = 15
 """Measured cold compile of these kernels on the 2-core VM (``NUMBA_CACHE_DIR`` empty)."""
 
 
+_KERNELS = [_scan_small, _scan_depth, _scan]
+"""The kernels the parser calls (the others are compiled into them)."""
+
+
 def _cache_state(kernels: list[Any]) -> tuple[bool | None, str]:
     """``(cold, cache dir)`` from numba's on-disk index of each kernel: cold when an index
     is missing, of another numba, or older than the source (numba then recompiles); None
@@ -1338,7 +1342,7 @@ def warmup(log: logging.Logger | None = None) -> float:
     On a cold cache (first run, new numba, changed source) it says so at INFO before the
     ~15 s compile and how long it took after. Returns the seconds spent."""
     log = log or _log
-    cold, where = _cache_state([_scan_small, _scan_depth, _scan])
+    cold, where = _cache_state(_KERNELS)
     if cold:
         log.info("compiling frame-parser kernels (first run only, ~%d s)", COLD_COMPILE_S)
     t0 = time.perf_counter()

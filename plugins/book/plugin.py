@@ -252,7 +252,7 @@ class Books:
             parts.append("no book yet")
         if self.dropped:
             parts.append(f"dropped {self.dropped}")
-        return "; ".join(parts)
+        return ", ".join(parts)  # the kernel joins the fragments with "; "
 
 
 def _sample(msg: Any) -> str:
