@@ -143,6 +143,39 @@ class OnnxModel:
             self.check(raw)
         except ModelError as err:
             raise ModelError(f"{where}: on a zero input, {err}") from None
+        self._out = self._bind(raw)
+
+    def _bind(self, trial: list[Any]) -> list[Any]:
+        """Bind the input row and three preallocated output arrays to the session once
+        (IOBinding: ~6.6 us per inference instead of ~10 us for ``session.run`` on the
+        2-core VM); the plain ``run`` stays if the binding does not write them."""
+        try:
+            binding = self.session.io_binding()
+            binding.bind_input(INPUT, "cpu", 0, np.float32, list(self._x.shape),
+                               self._x.ctypes.data)  # fmt: skip
+            outs = []
+            for name, value in zip(OUTPUTS, trial, strict=True):
+                arr = np.zeros(np.shape(value), dtype=np.asarray(value).dtype)
+                if arr.dtype.kind == "f":
+                    arr.fill(np.nan)  # proves below that the session writes into it
+                else:
+                    arr.fill(np.iinfo(arr.dtype).min)
+                binding.bind_output(name, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+                outs.append(arr)
+            self.session.run_with_iobinding(binding)
+        except Exception:  # an exotic model: the plain run works for any of them
+            return []
+        if not all(np.array_equal(a, np.asarray(t)) for a, t in zip(outs, trial, strict=True)):
+            return []
+        run_bound = self.session.run_with_iobinding
+        self._run = lambda names, feed: (run_bound(binding), outs)[1]
+        self._binding = binding  # kept alive with the arrays it points into
+        return outs
+
+    @property
+    def bound(self) -> bool:
+        """True when inference runs through the IOBinding (preallocated buffers)."""
+        return bool(self._out)
 
     def predict(self, fv: FeatureVector) -> tuple[int, float, float]:
         """(direction, confidence, holding period ms) for one vector; ModelError if the

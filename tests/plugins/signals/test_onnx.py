@@ -90,6 +90,7 @@ def test_decisions_equal_the_model_evaluated_in_numpy(start_kernel, tmp_path: Pa
         elif c > 0.6 + 1e-6:
             assert s.suppressed == ""
     assert next(sigs, None) is None
+    assert x.s.model.bound
     # the comparison covered every kind of decision
     assert n_dir > 100 and 0 < n_sup < n_dir and sum(d == 0 for d, _, _ in ref) > 10
     assert x.of(OrderRequest), "active decisions trade"
@@ -121,6 +122,7 @@ def graph_model(
     extra_input: bool = False,
     outputs: tuple[str, ...] = ("direction", "confidence", "holding_period"),
     direction: str = "passthrough",
+    direction_type: int = TensorProto.FLOAT,
     wide_confidence: bool = False,
 ) -> Path:
     """A tiny hand-made model: ``direction`` = the first feature ("passthrough") or a
@@ -146,10 +148,13 @@ def graph_model(
         node("Gather", [x, "col0"], ["first1"], axis=1),  # [1, n] -> [1]
         node("Mul", ["first1", "zero"], ["zeros"]),
     ]
+    d = "direction" if direction_type == TensorProto.FLOAT else "direction_f"
     if direction == "passthrough":
-        nodes.append(node("Identity", ["first1"], ["direction"]))
+        nodes.append(node("Identity", ["first1"], [d]))
     else:
-        nodes.append(node("Add", ["zeros", "dconst"], ["direction"]))
+        nodes.append(node("Add", ["zeros", "dconst"], [d]))
+    if d != "direction":
+        nodes.append(node("Cast", [d], ["direction"], to=direction_type))
     if wide_confidence:
         inits.append(numpy_helper.from_array(np.array([0.9, 0.8], f32), "c2"))
         nodes.append(node("Add", ["zeros", "c2"], ["confidence"]))
@@ -157,8 +162,9 @@ def graph_model(
         nodes.append(node("Add", ["zeros", "c"], ["confidence"]))
     nodes.append(node("Add", ["zeros", "h"], ["holding_period"]))
     made = {"direction", "confidence", "holding_period"}
-    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs
-            if o in made]  # fmt: skip
+    types = {"direction": direction_type}
+    outs = [helper.make_tensor_value_info(o, types.get(o, TensorProto.FLOAT), None)
+            for o in outputs if o in made]  # fmt: skip
     inputs = [helper.make_tensor_value_info(input_name, input_type, [1, n])]
     if extra_input:
         inputs.append(helper.make_tensor_value_info("other", TensorProto.FLOAT, [1, 1]))
@@ -170,11 +176,15 @@ def graph_model(
     return path
 
 
-def test_a_hand_made_model_meets_the_contract(tmp_path: Path) -> None:
-    m = OnnxModel(graph_model(tmp_path / "ok.onnx"))
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.INT64, TensorProto.DOUBLE])
+def test_a_hand_made_model_meets_the_contract(tmp_path: Path, dtype: int) -> None:
+    m = OnnxModel(graph_model(tmp_path / "ok.onnx", direction_type=dtype))
     assert m.names == ("imbalance", "momentum")
-    assert m.predict_row([1.0, 0.0]) == (1, pytest.approx(0.9), 500.0)
-    assert m.predict_row([-1.0, 0.0])[0] == -1
+    assert m.bound, "inference through the preallocated IOBinding"
+    for _ in range(2):
+        assert m.predict_row([1.0, 0.0]) == (1, pytest.approx(0.9), 500.0)
+        assert m.predict_row([-1.0, 0.0])[0] == -1
+        assert m.predict_row([0.0, 5.0])[0] == 0
 
 
 @pytest.mark.parametrize(
