@@ -80,73 +80,66 @@ class FeaturesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 class FeatureEngine:
     """The features of one symbol, updated in O(1) per event (ring buffers and running
-    sums in preallocated arrays, one compiled call per event).
+    sums in preallocated arrays, one compiled call per event; see ``rolling``).
 
-    **Time.** The event time ``t`` of a message is the running maximum of the symbol's venue
-    timestamps (``ts_exchange_ns`` of books and trades): Binance's trade times and depth
-    event times interleave out of order by a few ms, and a book synced from a REST snapshot
-    carries no venue time (0). Windows use ``t``; time before the symbol's first venue
-    timestamp counts in none. The window ``(t - W, t]`` has ``W = feature_window_ms``.
+    **Time.** An event's time ``t`` is the running maximum of the venue timestamps
+    (``ts_exchange_ns``) of the symbol's trades and valid books: Binance's trade and depth
+    times interleave out of order by a few ms, and a book synced from a REST snapshot carries
+    no venue time (0). Time before the symbol's first venue timestamp counts in no window.
+    The window is ``(t - W, t]``, ``W = feature_window_ms``; a trade is in it if its time is.
 
-    **Book state** (mid chain, returns, imbalance history, momentum) starts afresh after a
-    book marked invalid (``valid=False`` publishes nothing): no return or average ever spans
-    a sequence gap. Trades are genuine whatever the book's state, so trade state is kept.
+    **Resets.** A book with ``valid=False`` publishes nothing and restarts the book-derived
+    state (mid chain, returns, momentum, imbalance history): nothing spans a sequence gap.
+    Trade state is kept (trades are genuine whatever the book's state). Bad input (malformed
+    levels, a crossed book marked valid, a non-positive price or quantity) is skipped and
+    never becomes state.
 
-    Definitions (``b``, ``a`` best bid/ask prices; ``q_i``, ``p_i`` the top ``N =
-    depth_levels`` levels of a side, best first; ``B``, ``A`` the summed top-N bid/ask
-    quantities; a *two-sided* book has ``b > 0`` and ``a > 0``):
+    **Definitions.** ``b``, ``a``: best bid/ask price (``bid_px``, ``ask_px``); a book is
+    *two-sided* if both are > 0. ``B``, ``A``: summed quantity of the top ``N =
+    depth_levels`` levels of each side (fewer if the book carries fewer; a zero price ends a
+    side), in 1/SCALE units. Returns ``r_i = ln(mid_i / mid_(i-1))`` are taken between
+    consecutive two-sided valid books (one per book event, at that book's time).
 
-    ============================ ==================================================== ======
-    field                        definition                                           units
-    ============================ ==================================================== ======
-    ``mid``                      ``(b + a) // 2``; 0 for a one-sided or empty book     1/SCALE
-    ``volatility``               realised variance ``sum r_i**2`` of the per-book-     log-ret^2
-                                 event log mid returns ``r_i = ln(mid_i/mid_{i-1})``   per W
-                                 whose time is in the window (consecutive two-sided
-                                 books only); 0 with no return in the window
-    ``momentum``                 EW mean of all returns since the last reset:          log-ret
-                                 ``sum w_i r_i / sum w_i``, ``w_i = 2**(-(t -          per
-                                 t_i)/H)``, ``H = momentum_half_life_ms``; 0 before   event
-                                 the first return
-    ``price_acceleration``       momentum now minus momentum of the symbol's previous log-ret
-                                 vector (0 on the first vector after a reset)          per
-                                                                                      event
-    ``imbalance``                ``(B - A) / (B + A)``; 0 if both sides are empty      [-1, 1]
-    ``weighted_imbalance``       time-weighted mean of ``imbalance`` over ``[lo, t]``, [-1, 1]
-                                 ``lo = max(t - W, t_first_book)``: each book's
-                                 imbalance holds until the next book; the current
-                                 ``imbalance`` when ``lo == t`` (first tick)
-    ``spread_bps``               ``(a - b) / ((a + b)/2) * 1e4``; 10000 (the spread is bps
-                                 at least the price: untradeable) if one-sided
-    ``depth_ratio``              ``max(B, 1) / max(A, 1)`` with ``B``, ``A`` in       ratio
-                                 1/SCALE units: an empty side counts as one quantity
-                                 unit (1e-8), both empty give 1
-    ``bid_pressure``             ``sum q_i * exp(-d_i / L)`` over the top-N bids,      base
-                                 ``d_i = (p_1 - p_i)/p_1 * 1e4`` bps behind the       asset
-                                 touch, ``L = pressure_decay_bps``; 0 if empty
-    ``ask_pressure``             the same over the asks, ``d_i = (p_i - p_1)/p_1*1e4`` base
-                                                                                      asset
-    ``vwap``                     ``sum px*qty / sum qty`` of the trades in the         1/SCALE
-                                 window, rounded half up; ``mid`` when the window has
-                                 no trade
-    ``trade_flow``               ``(V_buy - V_sell) / (V_buy + V_sell)`` over the      [-1, 1]
-                                 window's trades, buy = aggressor bought
-                                 (``buyer_is_maker`` false); 0 with no trade
-    ``toxicity``                 VPIN: trades (split where they straddle) fill         [0, 1]
-                                 buckets of ``V = vpin_bucket_volume``; mean of
-                                 ``|V_buy - V_sell| / V`` over the last
-                                 ``vpin_buckets`` completed buckets (fewer at the
-                                 start); 0 before the first bucket completes
-    ``volume_surge``             ``(V_W / min(W, T)) / (V_L / min(L, T))``: volume in  ratio
-                                 the window against the average rate over the last
-                                 ``L = volume_surge_window_ms``; ``T`` = time since
-                                 the symbol's first venue timestamp; 0 if no trade in
-                                 ``L``, 1 if ``T = 0``
-    ============================ ==================================================== ======
+    - ``mid`` = ``(b + a) // 2`` (int, 1/SCALE); 0 if the book is not two-sided.
+    - ``volatility`` = ``sum r_i**2`` over the returns in the window: the realised variance
+      of log mid returns over W (squared log return per window, not annualised); 0 if the
+      window has no return (first tick).
+    - ``momentum`` = ``sum w_i r_i / sum w_i`` over every return since the last reset,
+      ``w_i = 2 ** (-(t - t_i) / momentum_half_life_ms)``: the EW mean per-event log return
+      (dimensionless); 0 before the first return.
+    - ``price_acceleration`` = momentum of this vector minus momentum of the symbol's
+      previous vector (its change per book event); 0 on the first vector after a reset.
+    - ``imbalance`` = ``(B - A) / (B + A)`` in [-1, 1]; 0 if both sides are empty.
+    - ``weighted_imbalance`` = ``integral of imbalance(s) ds / (t - lo)`` over ``[lo, t]``,
+      ``lo = max(t - W, time of the first book since the reset)``, each book's imbalance
+      holding until the next book; the current ``imbalance`` when ``t == lo`` (first tick).
+    - ``spread_bps`` = ``(a - b) / ((a + b) / 2) * 1e4`` (bps); 10000 if one-sided (a
+      spread of at least the whole price: untradeable).
+    - ``depth_ratio`` = ``max(B, 1) / max(A, 1)``: an empty side counts as one quantity
+      unit (1e-8), so both empty give 1 and one empty side a very large/small finite ratio.
+    - ``bid_pressure`` = ``sum q_i * exp(-d_i / pressure_decay_bps)`` over the top-N bids,
+      ``q_i`` in base-asset units, ``d_i = (p_1 - p_i) / p_1 * 1e4`` bps behind the best
+      bid: the depth near the touch, in base asset; 0 for an empty side.
+      ``ask_pressure``: the same over the asks, ``d_i = (p_i - p_1) / p_1 * 1e4``.
+    - ``vwap`` = ``sum px * qty / sum qty`` over the window's trades, rounded half up to
+      an int price (1/SCALE; accumulated in float64, within one unit of the exact value);
+      ``mid`` if the window has no trade.
+    - ``trade_flow`` = ``(V_buy - V_sell) / (V_buy + V_sell)`` over the window's trades,
+      a trade being a buy when its aggressor bought (``buyer_is_maker`` false); in [-1, 1],
+      0 with no trade.
+    - ``toxicity`` = VPIN: trades in arrival order fill volume buckets of ``V =
+      vpin_bucket_volume`` (base asset; a trade straddling buckets is split);
+      ``mean(|V_buy - V_sell| / V)`` over the last ``vpin_buckets`` completed buckets
+      (all completed ones before there are that many), in [0, 1]; 0 before the first
+      bucket completes.
+    - ``volume_surge`` = ``(V_W / min(W, T)) / (V_L / min(L, T))``: the window's traded
+      volume against the average volume per unit time over the last ``L =
+      volume_surge_window_ms`` (1 = normal, 3 = three times the usual rate); ``T`` = time
+      since the symbol's first venue timestamp (so the first minute compares like with
+      like); 0 if no trade in ``L``; 1 if ``T == 0``.
 
     ``timestamp_ns``, ``book_update_id`` and ``ts_recv_ns`` are the book's
-    ``ts_exchange_ns``, ``last_update_id`` and ``ts_recv_ns``. No value is ever NaN or inf.
-    A one-sided book breaks the mid chain (no return spans it) and keeps the other state.
+    ``ts_exchange_ns``, ``last_update_id`` and ``ts_recv_ns``. No value is NaN or inf.
     """
 
     __slots__ = ("symbol", "topic", "S", "BR", "TR", "vectors", "trades")
