@@ -91,15 +91,10 @@ class Kernel:
             pub_ep, sub_ep, exact = bus.join_pub, bus.join_sub, False
             tap_ep = cfg.endpoint(bus.join_tap) if bus.join_tap else ""
         else:
-            self.router = Router(
-                self._zctx,
-                self.name,
-                [cfg.endpoint(e) for e in bus.listen_pub],
-                [cfg.endpoint(e) for e in bus.listen_sub],
-                cfg.endpoint(bus.tap) if bus.tap else "",
-                bus.tap_hwm,
-                [cfg.endpoint(e) for e in bus.listen_tap_pub] if bus.tap else [],
-            )
+            # [runtime-dir lock + CURVE + limits] Router.from_config locks the runtime dir
+            # (refuses a second run on it), loads CURVE keys for tcp endpoints, sets the
+            # frame cap and remote-subscriber bounds; router.close() undoes all of it.
+            self.router = Router.from_config(self._zctx, cfg)
             self.router.start()
             pub_ep, sub_ep, exact = self.router.pub_inproc, self.router.sub_inproc, True
             tap_ep = self.router.tap_inproc

@@ -1,4 +1,4 @@
-"""The ``tickbus`` command: run, sniff, plugins (and the operator tools).
+"""The ``tickbus`` command: run, sniff, plugins, keys (and the operator tools).
 
 A user error (bad config, unknown plugin, endpoint in use) is one line on stderr and exit
 status 2 - never a traceback, unless ``--debug`` asks for it.
@@ -11,14 +11,26 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from .errors import TickbusError
 
 DEFAULT_CONFIG = "configs/default.toml"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _config_path(given: str | None) -> str:
     return given or os.environ.get("TICKBUS_CONFIG") or DEFAULT_CONFIG
+
+
+def log_level(configured: str) -> str:
+    """``$TICKBUS_LOG_LEVEL`` if set, else the config's; a one-line error if invalid."""
+    env = os.environ.get("TICKBUS_LOG_LEVEL", "")
+    level = (env or configured).strip().lower()
+    if level not in LOG_LEVELS:
+        source = "TICKBUS_LOG_LEVEL" if env else "kernel.log_level"
+        raise TickbusError(f"{source}: {level!r} is not a log level ({', '.join(LOG_LEVELS)})")
+    return level
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -27,8 +39,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
 
     cfg = load_config(_config_path(args.config))
-    level = os.environ.get("TICKBUS_LOG_LEVEL") or cfg.kernel.log_level
-    logging.getLogger().setLevel(level.upper())
+    logging.getLogger().setLevel(log_level(cfg.kernel.log_level).upper())
     rc = Kernel(cfg).run()
     # Every plugin has flushed in its shutdown hook and every lane has ended. Tearing the
     # interpreter down module by module (numba/LLVM) would add ~0.4 s to SIGTERM -> exit.
@@ -68,6 +79,63 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _curve_dir(args: argparse.Namespace) -> Path:
+    """``--dir``, else the config's ``[bus] curve_dir`` (default ``<state_dir>/curve``)."""
+    from .config import load_config, parse_config
+
+    if args.dir:
+        return Path(args.dir)
+    path = _config_path(args.config)
+    if args.config or os.environ.get("TICKBUS_CONFIG") or os.path.exists(path):
+        return load_config(path).curve_dir
+    return parse_config({}).curve_dir
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``tickbus keys``: CURVE keys for the bus's tcp endpoints (see kernel/auth.py)."""
+    from . import auth
+
+    where = _curve_dir(args)
+    if args.action == "init":
+        public = auth.init_server(where, force=args.force)
+        print(f"server key pair created in {where}; give clients {public}")
+        print("next: `tickbus keys client NAME` for each process or sniffer that connects")
+    elif args.action == "client":
+        bundle = auth.new_client(where, args.name)
+        print(f"client {args.name!r} authorized; its keys: {bundle}")
+        print(
+            "copy that directory to the client's host and point its config's [bus] curve_dir"
+            " (or `tickbus sniff --keys`) at it"
+        )
+    elif args.action == "authorize":
+        target = auth.authorize(where, Path(args.file), args.name)
+        print(f"client {args.name!r} authorized ({target})")
+    elif args.action == "revoke":
+        auth.revoke(where, args.name)
+        print(f"client {args.name!r} revoked (connected clients keep their session until it ends)")
+    else:
+        print("\n".join(auth.listing(where)))
+    return 0
+
+
+def _add_keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("keys", help="CURVE keys for tcp:// bus endpoints")
+    keys.add_argument("--config", help="take [bus] curve_dir from this config")
+    keys.add_argument("--dir", help="the CURVE key directory (overrides the config)")
+    acts = keys.add_subparsers(dest="action", required=True, metavar="ACTION")
+    init = acts.add_parser("init", help="create this bus host's server key pair")
+    init.add_argument("--force", action="store_true", help="replace an existing pair")
+    client = acts.add_parser("client", help="create and authorize a client key pair")
+    client.add_argument("name", help="who the client is (e.g. its host or purpose)")
+    author = acts.add_parser("authorize", help="authorize a client public key made elsewhere")
+    author.add_argument("file", help="the client's public key file (NAME.key)")
+    author.add_argument("--name", required=True, help="name to file it under")
+    revoke = acts.add_parser("revoke", help="stop authorizing a client")
+    revoke.add_argument("name")
+    acts.add_parser("list", help="show the server key and authorized clients")
+    keys.set_defaults(func=cmd_keys)
+
+
 def _tool(module: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int]]:
     import importlib
 
@@ -103,6 +171,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "--config", help=f"config to compare with (default: {DEFAULT_CONFIG} if present)"
     )
     plugins.set_defaults(func=cmd_plugins)
+    _add_keys_parser(sub)
 
     for name, module, help_ in TOOLS:
         tp = sub.add_parser(name, help=help_)

@@ -35,10 +35,16 @@ class KernelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``[kernel]``: process-wide settings."""
 
     name: str = "tickbus"
-    """Process name: shown in heartbeats and by the sniffer."""
+    """Process name: shown in heartbeats and by the sniffer, and the default runtime dir's
+    last component, so configs with different names run side by side."""
     runtime_dir: str = ""
-    """Where the ipc sockets live. Default: ``$RUNTIME_DIRECTORY`` (systemd), else
-    ``$XDG_RUNTIME_DIR/tickbus``, else ``/tmp/tickbus-<uid>``."""
+    """Where the ipc sockets live (one run at a time: a lock file in it names the owner).
+    Default: ``$RUNTIME_DIRECTORY`` (systemd), else ``$XDG_RUNTIME_DIR/tickbus/<name>``,
+    else ``/tmp/tickbus-<uid>/<name>``."""
+    check_runtime_dir: bool = True
+    """Refuse a runtime dir (or an ipc socket's directory) owned by another user or writable
+    by group/others, or below such a directory. Turn off only for a directory you set up
+    yourself on purpose (e.g. shared with a trusted group)."""
     state_dir: str = ""
     """Where state (the database) lives.
     Default: ``$STATE_DIRECTORY`` (systemd), else ``./state``."""
@@ -79,6 +85,20 @@ class BusConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     instead of hosting a router: this process's lanes then run as remote lanes."""
     join_tap: str = ""
     """With join_*: the other process's ``listen_tap_pub``, so its sniffers see our lanes."""
+    max_msg_bytes: int = 16 * 1024 * 1024
+    """Largest frame accepted from outside the process (ZMQ_MAXMSGSIZE); a peer that sends
+    a larger one is disconnected."""
+    sub_hwm: int = 100_000
+    """Messages queued at most for one remote subscriber (``listen_sub``)..."""
+    sub_timeout_s: float = 2.0
+    """...and if its queue stays full this long, every subscriber of that endpoint is
+    disconnected (logged as an error) rather than the host's memory growing without limit.
+    Lanes of this process are lossless and unbounded."""
+    curve_dir: str = ""
+    """CURVE keys for ``tcp://`` endpoints (``tickbus keys``). Default: ``<state_dir>/curve``."""
+    plain_loopback: bool = False
+    """Allow ``tcp://127.x.x.x`` / ``tcp://[::1]`` endpoints without CURVE. Every local user
+    can then reach them: use ``ipc://`` instead where you can."""
 
 
 class LaneConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -112,7 +132,7 @@ class Config(msgspec.Struct, frozen=True):
     @property
     def runtime_dir(self) -> Path:
         """The runtime directory (ipc sockets), resolved from config and environment."""
-        return resolve_runtime_dir(self.kernel.runtime_dir)
+        return resolve_runtime_dir(self.kernel.runtime_dir, self.kernel.name)
 
     @property
     def state_dir(self) -> Path:
@@ -122,13 +142,21 @@ class Config(msgspec.Struct, frozen=True):
         env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
         return Path(env) if env else Path("state")
 
+    @property
+    def curve_dir(self) -> Path:
+        """Where the CURVE key files are (``tickbus keys``)."""
+        if self.bus.curve_dir:
+            return Path(os.path.expandvars(self.bus.curve_dir)).expanduser()
+        return self.state_dir / "curve"
+
     def endpoint(self, template: str) -> str:
         """Expand ``{runtime_dir}`` in an endpoint."""
         return template.replace("{runtime_dir}", str(self.runtime_dir))
 
 
-def resolve_runtime_dir(configured: str = "") -> Path:
-    """Runtime directory: config value, else systemd's, else XDG, else ``/tmp/tickbus-<uid>``."""
+def resolve_runtime_dir(configured: str = "", name: str = "tickbus") -> Path:
+    """Runtime directory: config value, else systemd's (already one per unit), else
+    ``$XDG_RUNTIME_DIR/tickbus/<name>``, else ``/tmp/tickbus-<uid>/<name>``."""
     if configured:
         return Path(os.path.expandvars(configured)).expanduser()
     env = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
@@ -136,8 +164,30 @@ def resolve_runtime_dir(configured: str = "") -> Path:
         return Path(env)
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
-        return Path(xdg) / "tickbus"
-    return Path(f"/tmp/tickbus-{os.getuid()}")
+        return Path(xdg) / "tickbus" / name
+    return Path(f"/tmp/tickbus-{os.getuid()}") / name
+
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A process name: it becomes a directory name and part of inproc endpoints."""
+ENDPOINT_RE = re.compile(r"(?P<scheme>ipc|tcp)://(?P<address>.+)")
+
+
+def check_endpoint(path: str, key: str, endpoint: str, *, bind: bool) -> None:
+    """A bus endpoint must be ``ipc://PATH`` or ``tcp://HOST:PORT``. An abstract unix socket
+    (``ipc://@name``) has no file permissions - anyone on the host could use it - so it is
+    refused for a bind."""
+    m = ENDPOINT_RE.fullmatch(endpoint)
+    if m is None:
+        raise ConfigError(path, key, f"{endpoint!r} is not an ipc:// or tcp:// endpoint")
+    address = m.group("address")
+    if m.group("scheme") == "ipc":
+        if bind and address.startswith("@"):
+            raise ConfigError(
+                path, key, f"{endpoint}: an abstract socket has no permissions; use a path"
+            )
+    elif not re.fullmatch(r".+:(\d+|\*)", address):
+        raise ConfigError(path, key, f"{endpoint}: expected tcp://HOST:PORT")
 
 
 _AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
@@ -183,6 +233,10 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(p, "", "is a directory, not a config file") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(p, "", f"not valid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(p, "", "not valid TOML: not UTF-8") from None
+    except OSError as err:
+        raise ConfigError(p, "", f"cannot read: {err.strerror}") from None
     return parse_config(raw, p)
 
 
@@ -194,6 +248,10 @@ def parse_config(raw: dict[str, Any], path: str = "<config>") -> Config:
             path, sorted(unknown)[0], "unknown section (known: kernel, bus, lanes, plugins)"
         )
     kernel = convert(path, "kernel", raw.get("kernel", {}), KernelConfig)
+    if not NAME_RE.fullmatch(kernel.name):
+        raise ConfigError(
+            path, "kernel.name", "must be 1-64 letters, digits, '_', '.', '-' (not first)"
+        )
     if kernel.heartbeat_s <= 0:
         raise ConfigError(path, "kernel.heartbeat_s", "must be > 0")
     for key in ("stop_timeout_s", "drain_timeout_s"):
@@ -206,6 +264,20 @@ def parse_config(raw: dict[str, Any], path: str = "<config>") -> Config:
         raise ConfigError(path, "bus.join_pub", "join_pub and join_sub must be set together")
     if bus.tap_hwm < 1:
         raise ConfigError(path, "bus.tap_hwm", "must be >= 1 (the tap is bounded on purpose)")
+    if bus.sub_hwm < 1:
+        raise ConfigError(path, "bus.sub_hwm", "must be >= 1 (remote subscribers are bounded)")
+    if bus.sub_timeout_s <= 0:
+        raise ConfigError(path, "bus.sub_timeout_s", "must be > 0")
+    if bus.max_msg_bytes < 4096:
+        raise ConfigError(path, "bus.max_msg_bytes", "must be >= 4096")
+    for key in ("listen_pub", "listen_sub", "listen_tap_pub"):
+        for i, ep in enumerate(getattr(bus, key)):
+            check_endpoint(path, f"bus.{key}[{i}]", ep, bind=True)
+    if bus.tap:
+        check_endpoint(path, "bus.tap", bus.tap, bind=True)
+    for key in ("join_pub", "join_sub", "join_tap"):
+        if getattr(bus, key):
+            check_endpoint(path, f"bus.{key}", getattr(bus, key), bind=False)
     lanes = convert(path, "lanes", raw.get("lanes", {}), dict[str, LaneConfig])
     if not lanes:
         lanes = {DEFAULT_LANE: LaneConfig()}

@@ -5,6 +5,11 @@ messages, never the engine) and subscribes to topic prefixes. Plain output is on
 message with prices and quantities as decimals; ``--json`` prints one JSON object per line:
 ``{"topic": ..., "type": ..., <fields>}`` with exact integer prices (1/SCALE units) and book
 levels as ``[[px, qty], ...]``.
+
+A malformed message (not a tickbus frame, not msgpack, a known type with fields of the
+wrong types, book levels that are not whole (price, qty) pairs) is skipped and counted: one
+line on stderr for the first of each kind, and the counts at exit. A ``tcp://`` tap is
+reached with CURVE (``--keys``, default: the config's ``[bus] curve_dir``).
 """
 
 from __future__ import annotations
@@ -14,16 +19,29 @@ import os
 import sys
 import time
 import typing
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import zmq
 
-from tickbus.kernel.config import load_config, resolve_runtime_dir
+from tickbus.kernel.config import Config, load_config, resolve_runtime_dir
 from tickbus.kernel.errors import TickbusError
 from tickbus.kernel.fixed import from_fixed
-from tickbus.kernel.router import split_frame
+from tickbus.kernel.router import Connector, split_frame
 from tickbus.schemas import Codec, Msg
+
+LEVEL_BYTES = 16  # one (price, qty) pair of little-endian int64
+
+
+class BadMessage(ValueError):
+    """A message that cannot be shown as what it claims to be; ``kind`` groups them."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
 
 _packed_fields: dict[type, frozenset[str]] = {}
 
@@ -42,7 +60,10 @@ def _packed(cls: type[Msg]) -> frozenset[str]:
 
 
 def unpack_levels(data: bytes) -> list[list[int]]:
-    """``Levels`` bytes -> ``[[px, qty], ...]`` (exact integers)."""
+    """``Levels`` bytes -> ``[[px, qty], ...]`` (exact integers); BadMessage if the bytes
+    are not whole (price, qty) pairs."""
+    if len(data) % LEVEL_BYTES:
+        raise BadMessage("bad book levels", f"{len(data)} bytes is not a multiple of {LEVEL_BYTES}")
     ints = memoryview(data).cast("q") if sys.byteorder == "little" else None
     if ints is None:  # pragma: no cover - big-endian hosts
         import struct
@@ -82,12 +103,80 @@ def format_line(topic: str, msg: Msg) -> str:
     return " ".join(parts)
 
 
+def _config(given: str | None) -> Config | None:
+    """``--config``, else ``$TICKBUS_CONFIG`` if set, else None."""
+    path = given or os.environ.get("TICKBUS_CONFIG")
+    return load_config(path) if path else None
+
+
 def default_endpoint(config: str | None) -> str:
-    """The tap of the configured runtime dir (config file if given, else environment)."""
-    if config:
-        cfg = load_config(config)
+    """The tap of a config (``--config``, else ``$TICKBUS_CONFIG``), else the tap in the
+    default runtime dir of a process named ``tickbus``."""
+    cfg = _config(config)
+    if cfg is not None:
+        if not cfg.bus.tap:
+            raise TickbusError(f"{cfg.path}: bus.tap: the config has no tap (it is empty)")
         return cfg.endpoint(cfg.bus.tap)
     return f"ipc://{resolve_runtime_dir()}/tap"
+
+
+class Skipped:
+    """Malformed messages: counted per kind, the first of each kind reported with a
+    sample, the counts reported at exit."""
+
+    def __init__(self, err: Any = None) -> None:
+        self.counts: dict[str, int] = {}
+        self._err = err
+
+    def add(self, kind: str, detail: str, sample: bytes) -> None:
+        n = self.counts.get(kind, 0)
+        self.counts[kind] = n + 1
+        if n == 0:
+            print(
+                f"tickbus sniff: skipped a malformed message ({kind}: {detail});"
+                f" sample {bytes(sample[:60])!r} (more of this kind are only counted)",
+                file=self._err or sys.stderr,
+            )
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{k}: {n}" for k, n in sorted(self.counts.items()))
+        return f"tickbus sniff: skipped {self.total} malformed message(s) ({kinds})"
+
+
+def render(
+    data: bytes, codec: Codec, as_json: bool, enc: msgspec.json.Encoder | None = None
+) -> str:
+    """One output line for a wire frame; BadMessage if it is malformed."""
+    try:
+        topic, _origin, body = split_frame(data)
+    except ValueError:
+        raise BadMessage("not a tickbus frame", "no topic, origin and body") from None
+    try:
+        msg = codec.decode(body)
+    except msgspec.DecodeError as err:
+        record = _untyped(codec, body, err)
+        if as_json:
+            return _json(enc, {"topic": topic, **record})
+        return f"{topic} {record['type']} {record.get('fields')}"
+    try:
+        if as_json:
+            return _json(enc, {"topic": topic, "type": type(msg).__name__, **to_record(msg)})
+        return format_line(topic, msg)
+    except BadMessage:
+        raise
+    except (TypeError, ValueError, OverflowError) as err:
+        raise BadMessage("unprintable", f"{type(msg).__name__}: {err}") from None
+
+
+def _json(enc: msgspec.json.Encoder | None, record: dict[str, Any]) -> str:
+    try:
+        return (enc or msgspec.json.Encoder()).encode(record).decode()
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as err:
+        raise BadMessage("unprintable", f"{type(err).__name__}: {err}") from None
 
 
 def build_parser(p: argparse.ArgumentParser) -> None:
@@ -95,7 +184,12 @@ def build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--endpoint", help="bus tap to connect to (default: the configured runtime dir's tap)"
     )
-    p.add_argument("--config", help="take the runtime dir / tap from this config file")
+    p.add_argument("--config", help="take the tap from this config file (default: $TICKBUS_CONFIG)")
+    p.add_argument(
+        "--keys",
+        metavar="DIR",
+        help="CURVE client keys for a tcp:// tap (default: the config's [bus] curve_dir)",
+    )
     p.add_argument(
         "--topic",
         action="extend",
@@ -118,18 +212,24 @@ def build_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Sniff until interrupted, ``--count`` messages, or ``--timeout`` of silence."""
     endpoint = args.endpoint or default_endpoint(args.config)
+    cfg = _config(args.config)
+    keys = Path(args.keys) if args.keys else None
+    connector = Connector.for_endpoints(cfg, {"--endpoint": endpoint}, keys)
     if endpoint.startswith("ipc://") and not os.path.exists(endpoint[6:]):
         print(f"tickbus sniff: waiting for {endpoint} (is tickbus running?)", file=sys.stderr)
     codec = Codec()
     enc = msgspec.json.Encoder()
+    skipped = Skipped()
     zctx = zmq.Context()
     sock = zctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 100_000)
     try:
-        sock.connect(endpoint)
-    except zmq.ZMQError as err:
-        raise TickbusError(f"cannot connect to {endpoint}: {err.strerror}") from None
+        connector.connect(sock, endpoint)
+    except TickbusError:
+        sock.close(linger=0)
+        zctx.term()
+        raise
     for prefix in args.topic or [""]:
         sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
     out = sys.stdout
@@ -145,26 +245,11 @@ def run(args: argparse.Namespace) -> int:
             last = time.monotonic()
             data = sock.recv()
             try:
-                topic, _origin, body = split_frame(data)
-            except ValueError:
-                print(f"tickbus sniff: skipped a malformed frame {data[:60]!r}", file=sys.stderr)
+                line = render(data, codec, args.json, enc)
+            except BadMessage as bad:
+                skipped.add(bad.kind, bad.detail, data)
                 continue
-            try:
-                msg = codec.decode(body)
-            except msgspec.DecodeError:
-                record = _untyped(codec, body)
-                if args.json:
-                    out.write(enc.encode({"topic": topic, **record}).decode() + "\n")
-                else:
-                    out.write(f"{topic} {record['type']} {record.get('fields')}\n")
-            else:
-                if args.json:
-                    line = enc.encode(
-                        {"topic": topic, "type": type(msg).__name__, **to_record(msg)}
-                    )
-                    out.write(line.decode() + "\n")
-                else:
-                    out.write(format_line(topic, msg) + "\n")
+            out.write(line + "\n")
             out.flush()
             seen += 1
     except KeyboardInterrupt:
@@ -174,18 +259,28 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sock.close(linger=0)
         zctx.term()
+        if skipped.total:
+            print(skipped.summary(), file=sys.stderr)
     return 0
 
 
-def _untyped(codec: Codec, body: memoryview) -> dict[str, Any]:
-    """A message of a type this process does not know (a plugin's own): show it raw."""
+def _untyped(codec: Codec, body: memoryview, err: msgspec.DecodeError) -> dict[str, Any]:
+    """A message of a type this process does not know (a plugin's own): shown raw. One
+    that is not msgpack, not a tagged array, or a known type whose fields do not match it
+    is malformed (BadMessage)."""
     try:
         raw = codec.decode_untyped(body)
     except msgspec.DecodeError:
-        return {"type": "?", "fields": bytes(body[:64]).hex()}
-    if isinstance(raw, list) and raw and isinstance(raw[0], str):
-        return {"type": raw[0], "fields": raw[1:]}
-    return {"type": "?", "fields": raw}
+        raise BadMessage("not msgpack", str(err)) from None
+    if not (isinstance(raw, list) and raw and isinstance(raw[0], str)):
+        raise BadMessage("not a tagged message", f"decodes to {type(raw).__name__}")
+    if raw[0] in _known_names(codec):
+        raise BadMessage(f"wrong fields for {raw[0]}", str(err))
+    return {"type": raw[0], "fields": raw[1:]}
+
+
+def _known_names(codec: Codec) -> frozenset[str]:
+    return frozenset(t.__name__ for t in codec.types)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,7 +141,8 @@ def test_endpoint_in_use_is_one_line(plugin_site: Path, tmp_path: Path, rt: Path
     port = busy.getsockname()[1]
     cfg = write_config(
         tmp_path / "c.toml",
-        f'[kernel]\nruntime_dir = "{rt}"\n[bus]\nlisten_pub = ["tcp://127.0.0.1:{port}"]\n',
+        f'[kernel]\nruntime_dir = "{rt}"\n[bus]\nplain_loopback = true\n'
+        f'listen_pub = ["tcp://127.0.0.1:{port}"]\n',
     )
     out = run_cli(["run", str(cfg)], plugin_site)
     busy.close()
@@ -167,19 +168,22 @@ def start_run(cfg: Path, site: Path, **env: str) -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
-def running_config(tmp_path: Path, rt: Path, extra: str = "") -> Path:
+def running_config(
+    tmp_path: Path, rt: Path, extra: str = "", *, slow_us: int = 5, kernel: str = ""
+) -> Path:
     return write_config(
         tmp_path / "c.toml",
         f"""
 [kernel]
 runtime_dir = "{rt}"
 heartbeat_s = 0.05
+{kernel}
 [lanes.hot]
 [lanes.cold]
 [plugins.tb_recorder]
 lane = "cold"
 prefix = "md.trade"
-slow_us = 5
+slow_us = {slow_us}
 out = "{tmp_path / "rec.json"}"
 [plugins.tb_producer]
 lane = "hot"
@@ -296,7 +300,8 @@ def test_a_plugin_in_another_process_joins_the_bus(
     else:
         pub, sub, tap = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
         listen = (
-            f'[bus]\nlisten_pub = ["{pub}"]\nlisten_sub = ["{sub}"]\nlisten_tap_pub = ["{tap}"]'
+            f'[bus]\nplain_loopback = true\nlisten_pub = ["{pub}"]\nlisten_sub = ["{sub}"]\n'
+            f'listen_tap_pub = ["{tap}"]'
         )
     fills = tmp_path / "fills.json"
     extra = f"""
@@ -307,7 +312,10 @@ prefix = "exec."
 out = "{fills}"
 {listen}
 """
-    host = start_run(running_config(tmp_path, rt, extra), plugin_site)
+    # the host's own recorder keeps up (slow_us=0): it must still get every md.trade after
+    # the remote subscriber of md.trade left
+    host_cfg = running_config(tmp_path, rt, extra, slow_us=0, kernel="stop_timeout_s = 3.0")
+    host = start_run(host_cfg, plugin_site)
     procs = [host]
     try:
         wait_ready(rt, host)
@@ -320,6 +328,7 @@ out = "{fills}"
 name = "remote"
 runtime_dir = "{rt}/r"
 [bus]
+plain_loopback = true
 join_pub = "{pub}"
 join_sub = "{sub}"
 join_tap = "{tap}"
@@ -362,7 +371,11 @@ period_ms = 2
                     proc.wait(10)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-    assert host.returncode == 0
+    assert host.returncode == 0, host.stderr.read() if host.stderr else ""
+    sent = json.loads((tmp_path / "prod.json").read_text())["sent"]
+    local = json.loads((tmp_path / "rec.json").read_text())["ids"]
+    # the remote subscriber of md.trade left first: the host's own lanes must not lose it
+    assert local == list(range(sent)), "a remote subscriber leaving cut off a local lane"
     ids = json.loads((remote_dir / "rec.json").read_text())["ids"]
     assert len(ids) > 500
     assert ids == list(range(ids[0], ids[0] + len(ids))), "remote subscriber missed messages"
