@@ -361,10 +361,12 @@ class SignalTrader(Strategy):
             if order is not None and not order.request.reduce_only:
                 self._drop_intent(book.symbol)  # quoted on a book we can no longer trust
             return
-        if st.intent in self.orders and not self.book_problem(book.symbol):
-            self.requote(book.symbol)
-        elif st.exit_due:
+        if self.book_problem(book.symbol):
+            return
+        if st.exit_due:  # an exit put off by a bad book, or one working: (re)quote it
             self.exit(book.symbol)
+        elif st.intent in self.orders:
+            self.requote(book.symbol)
 
     def on_fill(self, fill: Fill) -> None:
         st = self.state.get(fill.symbol)

@@ -219,6 +219,23 @@ def test_same_direction_signal_extends_the_holding_period(start_kernel) -> None:
     assert x.of(OrderRequest)[-1].reduce_only
 
 
+def test_an_exit_deferred_by_a_stale_book_goes_out_on_the_next_book(start_kernel) -> None:
+    x = h(start_kernel, stale_strength=0.0)  # entries never go stale here
+    x.tick(0.5, MOM, VOL, uid=1)  # holding 2000 ms
+    a = x.of(OrderRequest)[-1]
+    x.fill(a)
+    x.tick(0.5, MOM, VOL, uid=2)  # adds: b works at the touch
+    b = x.of(OrderRequest)[-1]
+    assert (b.side, b.qty) == ("buy", a.qty)
+    x.after_ms(2000)  # holding over, but the last book is 2 s old: no order on it
+    assert x.of(OrderRequest)[-1] is b
+    x.book(3)
+    ex = x.of(OrderRequest)[-1]
+    assert (ex.side, ex.qty, ex.reduce_only, ex.replaces) == (
+        "sell", a.qty, True, b.client_order_id,
+    )  # fmt: skip
+
+
 def test_flip_exits_the_position(start_kernel) -> None:
     x = h(start_kernel, exit_price_mode="touch")
     x.tick(0.5, MOM, VOL, uid=1)
