@@ -39,10 +39,12 @@ __all__ = [
     "BAD_TRADE",
     "CROSSED",
     "GROW",
+    "book_heads",
     "book_update",
     "grow",
     "new_state",
     "reset_book",
+    "trade_heads",
     "trade_update",
     "warmup",
 ]
@@ -50,7 +52,7 @@ __all__ = [
 # --------------------------------------------------------------------------- layout
 
 # int64 header slots
-_TAU = 0  # event time: running max of the symbol's venue timestamps (ns)
+_TAU = 0  # event time: running max of the venue times of trades and valid books (ns)
 _T0 = 1  # first nonzero event time of the symbol (volume surge's elapsed time)
 _BOOK_T0 = 2  # first nonzero event time of the book since the last reset
 _PREV_SUM = 3  # bid_px + ask_px of the previous two-sided book (0: no previous mid)
