@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
 import random
-import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 
@@ -18,18 +14,15 @@ import pytest
 from tickbus.kernel.fixed import to_fixed
 from tickbus.plugins.binance.capture import SAMPLE, read_capture
 from tickbus.plugins.binance.parse import (
-    _KERNELS,
     FRAME_ERROR_KINDS,
     FrameError,
     FrameParser,
-    _cache_state,
     _entry_point,
     _scan_depth,
     _scan_small,
     parse_fixed,
     parse_frame,
     parse_snapshot,
-    warmup,
 )
 from tickbus.schemas import BookTicker, Codec, DepthDiff, DepthSnapshot, Trade
 
@@ -759,41 +752,3 @@ def test_compiled_entry_points_are_the_kernels() -> None:
     entry = _entry_point(_scan_depth, depth, out_a)
     assert entry(depth, out_a) == _scan_depth(depth, out_b) > 0
     assert (out_a == out_b).all()
-
-
-# ---------------------------------------------------------------- first start
-
-
-_COLD_CHILD = """
-import logging, sys
-logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-from tickbus.plugins.binance.parse import _KERNELS, _cache_state, warmup
-print("state", *_cache_state(_KERNELS), flush=True)
-warmup()
-"""
-
-
-def test_a_cold_cache_is_announced_before_the_compile(tmp_path: Path) -> None:
-    """~15 s of numba compile on a fresh machine: the first line says so (the test stops
-    the compile there); a warm cache says nothing."""
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _COLD_CHILD], env=env, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        state = proc.stdout.readline().split()
-        first = proc.stdout.readline()
-    finally:
-        proc.kill()
-        proc.wait(10)
-    assert state[:2] == ["state", "True"] and state[2].startswith(str(tmp_path))
-    assert first.startswith("compiling frame-parser kernels (first run only, ~"), first
-
-
-def test_a_warm_cache_is_silent(caplog: pytest.LogCaptureFixture) -> None:
-    warmup()  # this process compiled or loaded them: the cache is warm now
-    caplog.set_level(logging.INFO)
-    assert _cache_state(_KERNELS)[0] is False
-    warmup(logging.getLogger("tickbus.replay_feed"))
-    assert "compiling" not in caplog.text and "compiled in" not in caplog.text
