@@ -54,6 +54,7 @@ DEFAULT_URLS = {
 }
 EXCHANGE_INFO = {"spot": "/api/v3/exchangeInfo", "usdm": "/fapi/v1/exchangeInfo"}
 _BODY_SAMPLE = 200  # bytes of a server's answer quoted in a log line or an error
+_MAX_KINDS = 64  # kinds of bad input logged; input cannot grow the set (or the log) further
 
 
 class FeedConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -382,7 +383,7 @@ class Feed:
 
     def _bad_kind(self, why: str, sample: bytes) -> None:
         kind = why.split(":")[0][:60]
-        if kind not in self._bad_kinds:
+        if kind not in self._bad_kinds and len(self._bad_kinds) < _MAX_KINDS:
             self._bad_kinds.add(kind)
             self.ctx.log.warning("skipped a bad frame (%s); sample %r", why[:200], sample[:120])
 

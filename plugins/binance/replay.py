@@ -63,6 +63,7 @@ from .parse import FrameError, FrameParser, topic_of, warmup
 
 _BATCH = 2000  # records per loop iteration at full speed: heartbeats and drains still run
 _BAR_EVERY_S = 0.25  # progress bar refresh period
+_MAX_KINDS = 64  # kinds of skipped records logged; a file cannot grow the set (or the log)
 # events tickbus parses (plugins.binance.parse); a well-formed event of another type is
 # "ignored", not "bad"
 _SUPPORTED_EVENTS = frozenset({"depthUpdate", "trade", "aggTrade", "bookTicker"})
@@ -162,7 +163,7 @@ class Replay:
             self.bad += 1
             level = 30
         label = why.split(":")[0]
-        if label not in self._bad_kinds:
+        if label not in self._bad_kinds and len(self._bad_kinds) < _MAX_KINDS:
             self._bad_kinds.add(label)
             self.ctx.log.log(level, "skipped a record (%s): %r", why[:300], sample[:120])
 

@@ -159,24 +159,31 @@ def test_a_bug_in_a_connection_costs_a_reconnect_not_the_feed(start_kernel, sims
 # ---------------------------------------------------------------- symbols
 
 
-def test_frames_of_unconfigured_symbols_are_dropped(start_kernel, sims, tmp_path: Path) -> None:
+def test_frames_of_unconfigured_symbols_are_dropped(
+    start_kernel, sims, tmp_path: Path, caplog
+) -> None:
     # a server (or a man in the middle) sends trades of 500 symbols we never asked for: they
-    # must not become topics, books or state
+    # must not become topics, books or state; nor may 200 made-up event types grow the log
     lines = gzip.open(SAMPLE).read().splitlines(keepends=True)
     forged = 0
     for i, line in enumerate(lines):
-        if b'"stream":"btcusdt@trade"' in line[:60] and forged < 500:
-            lines[i] = line.replace(b'"s":"BTCUSDT"', b'"s":"X%dUSDT"' % forged)
+        if b'"stream":"btcusdt@trade"' in line[:60] and forged < 700:
+            if forged < 500:
+                lines[i] = line.replace(b'"s":"BTCUSDT"', b'"s":"X%dUSDT"' % forged)
+            else:
+                lines[i] = line.replace(b'"e":"trade"', b'"e":"made_up_%d"' % forged)
             forged += 1
     path = tmp_path / "forged.gz"
     path.write_bytes(gzip.compress(b"".join(lines)))
     sim = sims([path], speed=0)
     k = feed_kernel(start_kernel, sim.port)
     feed = k.contexts["binance_feed"].component
-    wait_for(lambda: sim.finished and feed.stats["frames"] + feed.stats["dropped"] > 18000, k,
-             "the end of the capture")  # fmt: skip
+    wait_for(lambda: sim.finished and sum(feed.stats[n] for n in ("frames", "dropped",
+             "bad_frames")) >= 18506, k, "the end of the capture")  # fmt: skip
     assert k.contexts["trades"].component == {"BTCUSDT"}
-    assert feed.stats["dropped"] == 500
+    assert feed.stats["dropped"] == 500 and feed.stats["bad_frames"] == 200
+    logged = [r for r in caplog.records if "skipped a bad frame" in r.getMessage()]
+    assert 2 <= len(logged) <= 64
     assert {sym for _, sym in feed._topics} == {"BTCUSDT"}
     assert "500 dropped" in k.lanes["hot"].call(k.manager.status, k.contexts["binance_feed"])
 
