@@ -150,7 +150,9 @@ class SignalTrader(Strategy):
     # ------------------------------------------------------------------ signals
 
     def on_features(self, fv: FeatureVector) -> None:
-        st = self.state[fv.symbol]
+        st = self.state.get(fv.symbol)
+        if st is None:  # feat.BTCUSD (a prefix) also delivers feat.BTCUSDT
+            return
         book = self.books.get(fv.symbol)
         if book is None or book.last_update_id < fv.book_update_id:
             # features subscribed before us in this lane: our md.book handler runs next
@@ -351,7 +353,9 @@ class SignalTrader(Strategy):
     # ------------------------------------------------------------------ events
 
     def on_book(self, book: BookTop) -> None:
-        st = self.state[book.symbol]
+        st = self.state.get(book.symbol)
+        if st is None:  # only shares a prefix with one of ours
+            return
         fv = st.pending
         if fv is not None and (not book.valid or book.last_update_id >= fv.book_update_id):
             st.pending = None

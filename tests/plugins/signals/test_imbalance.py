@@ -362,3 +362,13 @@ def test_status_line(start_kernel) -> None:
     x.tick(0.5, 0.0, 0.05, uid=2)
     status = x.lane.call(x.s.status)
     assert status.startswith("2 signals (1 suppressed); 1 orders")
+
+
+def test_a_symbol_that_only_shares_a_prefix_is_not_ours(start_kernel) -> None:
+    """Topics are prefix subscriptions: ``feat.BTCUSD`` also receives ``feat.BTCUSDT``."""
+    x = h(start_kernel, symbols=["BTCUSD"])
+    x.tick(0.5, MOM, VOL, uid=1)  # BTCUSDT
+    assert x.of(Signal) == [] and x.errors() == 0
+    x.tick(0.5, MOM, VOL, uid=2, symbol="BTCUSD")
+    assert [s.symbol for s in x.of(Signal)] == ["BTCUSD"]
+    assert x.errors() == 0
