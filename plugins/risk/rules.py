@@ -52,7 +52,7 @@ class Sym:
 
     __slots__ = (
         "symbol", "tick", "step", "min_qty", "max_qty", "min_px", "max_px", "min_notional",
-        "mid", "valid", "pos", "open_buy", "open_sell", "exp",
+        "mid", "valid", "pos", "open_buy", "open_sell", "qmax", "exp",
     )  # fmt: skip
 
     def __init__(self, symbol: str, f: Filters) -> None:
@@ -73,23 +73,25 @@ class Sym:
         self.open_buy = 0
         self.open_sell = 0
         """Leaves quantity of working (accepted, or awaiting the gateway) orders per side."""
+        self.qmax = 0
+        """max(|pos + open_buy|, |pos - open_sell|): the projected quantity at risk."""
         self.exp = 0
-        """max(|pos + open_buy|, |pos - open_sell|) x mid: this symbol's part of gross."""
+        """``qmax`` x mid: this symbol's part of the gross exposure."""
 
 
-class Working:
-    """An order risk let through (or is asking the gateway about) and not yet finished."""
+class Working(msgspec.Struct, gc=False):
+    """An order risk let through (or is asking the gateway about) and not yet finished.
 
-    __slots__ = ("order", "leaves", "counted", "filled", "pending")
+    ``gc=False``: it holds only an (untracked) message and ints, and there may be many of
+    them - the cyclic GC never needs to walk them."""
 
-    def __init__(self, order: OrderRequest, pending: bool) -> None:
-        self.order = order
-        self.leaves = order.qty
-        self.counted = 0
-        """Filled quantity already moved from ``leaves`` into the position."""
-        self.filled = 0
-        """Filled quantity seen as fills (may lag or lead the reports)."""
-        self.pending = pending
+    order: OrderRequest
+    leaves: int
+    pending: bool
+    counted: int = 0
+    """Filled quantity already moved from ``leaves`` into the position."""
+    filled: int = 0
+    """Filled quantity seen as fills (may lag or lead the reports)."""
 
 
 class RiskEngine:
@@ -110,6 +112,7 @@ class RiskEngine:
         self.accepted = 0
         self.rejected: dict[str, int] = {}
         self._seen: set[tuple[str, str]] = set()
+        self._dedup_max = limits.dedup_window
         self._seen_order: deque[tuple[str, str]] = deque()
 
     # ------------------------------------------------------------------ the check (hot path)
@@ -129,7 +132,7 @@ class RiskEngine:
             return "duplicate_id", f"client order id {o.client_order_id[:80]!r} already used"
         seen.add(key)
         window = self._seen_order
-        if len(window) >= self.limits.dedup_window:
+        if len(window) >= self._dedup_max:
             seen.discard(window.popleft())
         window.append(key)
         market = o.order_type == "market"
@@ -236,11 +239,12 @@ class RiskEngine:
             old = self.working.pop((o.strategy_id, o.replaces), None)
             if old is not None:
                 self._drop_leaves(self.syms[old.order.symbol], old)
-        self.working[(o.strategy_id, o.client_order_id)] = Working(o, pending)
+        qty = o.qty
+        self.working[(o.strategy_id, o.client_order_id)] = Working(o, qty, pending)
         if o.side == "buy":
-            s.open_buy += o.qty
+            s.open_buy += qty
         else:
-            s.open_sell += o.qty
+            s.open_sell += qty
         self._reprice(s)
         if not pending:
             self.accepted += 1
@@ -279,8 +283,10 @@ class RiskEngine:
             mid = (bid + ask) // 2
             if mid != s.mid:
                 s.mid = mid
-                if s.exp or s.pos or s.open_buy or s.open_sell:
-                    self._reprice(s)
+                if s.qmax:
+                    exp = s.qmax * mid
+                    self.gross += exp - s.exp
+                    s.exp = exp
         else:
             s.valid = False
 
@@ -349,9 +355,14 @@ class RiskEngine:
         w.leaves = 0
 
     def _reprice(self, s: Sym) -> None:
-        long_ = s.pos + s.open_buy
-        short = s.pos - s.open_sell
-        exp = max(abs(long_), abs(short)) * s.mid
+        a = s.pos + s.open_buy
+        b = s.pos - s.open_sell
+        if a < 0:
+            a = -a
+        if b < 0:
+            b = -b
+        s.qmax = a if a > b else b  # max(|long|, |short|), without calls
+        exp = s.qmax * s.mid
         self.gross += exp - s.exp
         s.exp = exp
 

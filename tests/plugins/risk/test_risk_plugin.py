@@ -317,3 +317,17 @@ def test_decisions_replay_identically(rt) -> None:
     accepted = [d for d in first if d[0] == "OrderAccepted"]
     assert len(accepted) == 1000  # 1.0 BTC of 0.001 working buys, never filled here
     assert first == second
+
+
+def test_status_fragment_and_periodic_state(bus) -> None:
+    b = bus(state_interval_s=0.05)
+    b.book()
+    b.decision(b.order())
+    b.decision(b.order(qty=SCALE))
+    ctx = b.k.contexts["risk"]
+    line = b.lane.call(b.k.manager.status, ctx)
+    assert line.startswith("active; 1 accepted, 1 rejected (max_order_size 1); 1 working;"), line
+    assert "gross 6000.00" in line
+    n = len(b.of(RiskState))
+    wait_for(lambda: len(b.of(RiskState)) >= n + 3)  # every 50 ms of clock time
+    assert b.of(RiskState)[-1].open_orders == 1
