@@ -341,6 +341,24 @@ class _SubRelay(_Proxy):
         super().close()
 
 
+def _server_keys(
+    endpoints: dict[str, list[str]], curve_dir: Path, plain_loopback: bool
+) -> tuple[bytes, bytes] | None:
+    """The server key pair if an endpoint (``{config key: [endpoints]}``) needs CURVE, else
+    None; a one-line error naming the config key and the missing key file."""
+    for key, eps in endpoints.items():
+        for ep in eps:
+            if _needs_curve(ep, plain_loopback):
+                try:
+                    return load_server(curve_dir)
+                except TickbusError as err:
+                    extra = ""
+                    if is_loopback(ep):
+                        extra = "; or set bus.plain_loopback = true (lets every local user in)"
+                    raise TickbusError(f"{key}: {ep} needs CURVE keys: {err}{extra}") from None
+    return None
+
+
 class Router:
     """Hosts the bus of a process: binds every endpoint, then proxies in three threads.
 
@@ -385,18 +403,9 @@ class Router:
                 "bus.tap": [tap] if tap else [],
                 "bus.listen_tap_pub": (listen_tap_pub or []) if tap else [],
             }
-            curve = [(k, ep) for k, eps in remote.items() for ep in eps]
-            curve = [(k, ep) for k, ep in curve if _needs_curve(ep, plain_loopback)]
-            if curve:
-                key, ep = curve[0]
-                where = (curve_dir or Path("state/curve")).absolute()
-                try:
-                    self._binder.server_keys = load_server(where)
-                except TickbusError as err:
-                    extra = ""
-                    if is_loopback(ep):
-                        extra = "; or set bus.plain_loopback = true (lets every local user in)"
-                    raise TickbusError(f"{key}: {ep} needs CURVE keys: {err}{extra}") from None
+            where = (curve_dir or Path("state/curve")).absolute()
+            self._binder.server_keys = _server_keys(remote, where, plain_loopback)
+            if self._binder.server_keys is not None:
                 self._auth = Authorizer(ctx, where)  # before the first CURVE bind
             bind = self._binder.bind
             remote_options(self._bus.xsub, max_msg_bytes)
@@ -446,6 +455,13 @@ class Router:
             for ep in (tap, *listen_pub, *listen_sub, *listen_tap_pub)
             if ep.startswith("ipc://") and Path(_ipc_path(ep)).parent == rt
         ]
+        remote = {
+            "bus.listen_pub": listen_pub,
+            "bus.listen_sub": listen_sub,
+            "bus.tap": [tap] if tap else [],
+            "bus.listen_tap_pub": listen_tap_pub,
+        }
+        _server_keys(remote, cfg.curve_dir.absolute(), bus.plain_loopback)  # before the lock
         lock = None
         if inside:
             for ep in inside:  # say "too long" before creating anything
@@ -533,7 +549,9 @@ class Connector:
         """For the ``join_*`` endpoints of ``cfg``: loads the client keys if one needs
         CURVE, else a one-line error naming the config key and the missing file."""
         bus = cfg.bus
-        eps = {k: cfg.endpoint(getattr(bus, k)) for k in ("join_pub", "join_sub", "join_tap")}
+        eps = {
+            f"bus.{k}": cfg.endpoint(getattr(bus, k)) for k in ("join_pub", "join_sub", "join_tap")
+        }
         return cls.for_endpoints(cfg, {k: v for k, v in eps.items() if v}, curve_dir)
 
     @classmethod
@@ -584,7 +602,7 @@ class ConnectionWatch:
     def __init__(self, ctx: zmq.Context, on_lost: Callable[[str], None]) -> None:
         self._ctx = ctx
         self._on_lost = on_lost
-        self._new: list[tuple[str, str]] = []
+        self._new: list[tuple[zmq.Socket, str]] = []
         self._guard = threading.Lock()
         self._stop = threading.Event()
         self._seq = 0
@@ -592,12 +610,16 @@ class ConnectionWatch:
         self._thread.start()
 
     def watch(self, sock: zmq.Socket, what: str) -> None:
-        """Report when ``sock`` loses a connection (call on the socket's own thread)."""
+        """Report when ``sock`` loses a connection. Call on the socket's own thread, before
+        it connects (libzmq drops monitor events nobody reads yet)."""
         with self._guard:
             self._seq += 1
             addr = f"inproc://tickbus-watch-{id(self)}-{self._seq}"
             sock.monitor(addr, zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-            self._new.append((addr, what))
+            pair = self._ctx.socket(zmq.PAIR)
+            pair.setsockopt(zmq.LINGER, 0)
+            pair.connect(addr)  # now, so no event is missed; read by the watch thread
+            self._new.append((pair, what))
 
     def _run(self) -> None:
         poller = zmq.Poller()
@@ -607,10 +629,7 @@ class ConnectionWatch:
             while not self._stop.is_set():
                 with self._guard:
                     new, self._new = self._new, []
-                for addr, what in new:
-                    pair = self._ctx.socket(zmq.PAIR)
-                    pair.setsockopt(zmq.LINGER, 0)
-                    pair.connect(addr)
+                for pair, what in new:
                     poller.register(pair, zmq.POLLIN)
                     socks[pair] = what
                 for pair, _ in poller.poll(100):
@@ -626,7 +645,9 @@ class ConnectionWatch:
         except zmq.ContextTerminated:
             pass
         finally:
-            for pair in socks:
+            with self._guard:
+                pending = [pair for pair, _ in self._new]
+            for pair in [*socks, *pending]:
                 pair.close(linger=0)
 
     @staticmethod
