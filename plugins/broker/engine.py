@@ -41,12 +41,13 @@ from tickbus.schemas import (
 )
 
 from .matching import (
+    UNKNOWN,
     QueueModel,
     SideBook,
-    Taken,
+    SideView,
     displayed_at,
-    levels_of,
     queue_fills,
+    side_view,
     through_fills,
     walk,
 )
@@ -122,12 +123,12 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class Market:
-    """One symbol as the broker sees it: the latest book, our resting orders, what our
-    aggressive orders took, the position."""
+    """One symbol as the broker sees it: the latest book, its two sides as the broker keeps
+    them (our resting orders, the liquidity we took), the position."""
 
     __slots__ = (
-        "symbol", "valid", "book", "bid", "ask", "mid", "buys", "sells", "taken_bids",
-        "taken_asks", "pos", "next_mark", "_levels",
+        "symbol", "valid", "book", "bid", "ask", "mid", "buys", "sells", "pos", "next_mark",
+        "views",
     )  # fmt: skip
 
     def __init__(self, symbol: str) -> None:
@@ -136,32 +137,20 @@ class Market:
         self.book: BookTop | None = None
         self.bid = self.ask = self.mid = 0
         self.buys = SideBook(True)
+        """The bid side: our buy orders, what our sells took from the bids."""
         self.sells = SideBook(False)
-        self.taken_bids = Taken()
-        self.taken_asks = Taken()
         self.pos: PositionBook | None = None
         self.next_mark = 0
-        self._levels: list[Any] = [None, None]
+        self.views: list[SideView | None] = [None, None]
 
-    def set_book(self, book: BookTop) -> None:
-        self.valid = True
-        self.book = book
-        bid, ask = book.bid_px, book.ask_px
-        self.bid, self.ask = bid, ask
-        self.mid = (bid + ask) // 2 if bid > 0 and ask > 0 else bid or ask
-        self._levels[0] = self._levels[1] = None
-
-    def levels(self, bids: bool) -> tuple[list[tuple[int, int]], bool]:
-        """A side of the latest book decoded (once per book): levels best first, and whether
-        it shows all top-N (then prices beyond the last are unknown)."""
+    def levels(self, bids: bool) -> SideView:
+        """A side of the latest book, decoded once per book, when a cold path needs it."""
         i = 0 if bids else 1
-        got = self._levels[i]
+        got = self.views[i]
         if got is None:
             assert self.book is not None
-            packed = self.book.bids if bids else self.book.asks
-            lv = levels_of(packed)
-            got = self._levels[i] = (lv, len(lv) == len(packed) // 16 and len(lv) > 0)
-        return got  # type: ignore[no-any-return]
+            got = self.views[i] = side_view(self.book.bids if bids else self.book.asks)
+        return got
 
 
 class PaperBroker:
@@ -234,30 +223,30 @@ class PaperBroker:
             self._bad("book levels not packed (price, qty) int64 pairs", book)
             m.valid = False
             return
-        m.set_book(book)
-        if m.taken_bids.qty:
-            m.taken_bids.refresh(*m.levels(True), True)
-        if m.taken_asks.qty:
-            m.taken_asks.refresh(*m.levels(False), False)
+        m.book = book
+        m.valid = True
+        m.views = [None, None]
+        bid, ask = book.bid_px, book.ask_px
+        m.bid, m.ask = bid, ask
+        m.mid = (bid + ask) // 2 if bid > 0 and ask > 0 else bid or ask
         buys = m.buys
-        if buys.count:
+        if buys.count or buys.nt:
             buys.scan(book.bids)
-            if self._prob:
+            if self._prob and buys.count:
                 self.model.cancels(buys)
-            if buys.best >= book.ask_px > 0:
+            if buys.best >= ask > 0:
                 self._cross(m, buys, book)
         sells = m.sells
-        if sells.count:
+        if sells.count or sells.nt:
             sells.scan(book.asks)
-            if self._prob:
+            if self._prob and sells.count:
                 self.model.cancels(sells)
-            if 0 < sells.best <= book.bid_px:
+            if sells.best <= bid:
                 self._cross(m, sells, book)
         pos = m.pos
         if pos is not None and pos.qty:
             now = self._now()
             if now >= m.next_mark:
-                m.next_mark = now + self._mark_ns
                 self._emit_pos(m, pos, book.ts_recv_ns, now)
 
     def on_trade(self, trade: Trade) -> None:
@@ -265,18 +254,18 @@ class PaperBroker:
         m = self.markets.get(trade.symbol)
         if m is None:
             return
-        if trade.buyer_is_maker:  # a sell hit the bids: our buys may fill
-            side = m.buys
-            if side.best < trade.px:
-                return
-        else:
-            side = m.sells
-            if side.best > trade.px:
-                return
-        if trade.qty <= 0 or trade.px <= 0:
+        buy = trade.buyer_is_maker  # a sell hit the bids: our buys may fill
+        side = m.buys if buy else m.sells
+        if not (side.count or side.nt):
+            return
+        px = trade.px
+        if trade.qty <= 0 or px <= 0:
             self._bad("trade with a quantity or price <= 0", trade)
             return
-        self._trade_fills(m, side, trade)
+        if side.nt:
+            side.traded(px, trade.qty)
+        if (side.best >= px) if buy else (side.best <= px):
+            self._trade_fills(m, side, trade)
 
     def on_accepted(self, msg: OrderAccepted) -> None:
         """``ord.accepted``: an order risk let through reaches the broker."""
@@ -395,18 +384,20 @@ class PaperBroker:
         buy = order.buy
         fok = req.tif == "FOK"
         limit = req.px if req.order_type == "limit" else 0
-        levels, _ = m.levels(not buy)
-        taken = m.taken_asks if buy else m.taken_bids
-        fills = walk(levels, order.leaves, limit, buy, taken)
-        got = sum(q for _, q in fills)
-        if fok and got < order.leaves:
-            fills = []
-        book = m.book
-        assert book is not None
-        for px, q in fills:
-            taken.take(px, q)
-            self._fill(m, order, self._slip(px, buy), q, False, book.ts_exchange_ns,
-                       req.ts_recv_ns)  # fmt: skip
+        got = 0
+        if not limit or (0 < m.ask <= limit if buy else limit <= m.bid):  # it takes
+            other = m.sells if buy else m.buys
+            fills = walk(m.levels(not buy)[0], order.leaves, limit, buy, other)
+            got = sum(q for _, q in fills)
+            if fok and got < order.leaves:
+                fills = []
+            if fills:
+                other.take(fills)
+            book = m.book
+            assert book is not None
+            for px, q in fills:
+                self._fill(m, order, self._slip(px, buy), q, False, book.ts_exchange_ns,
+                           req.ts_recv_ns)  # fmt: skip
         if not order.working:
             return
         if req.order_type == "market" or req.tif in ("IOC", "FOK"):
@@ -424,12 +415,10 @@ class PaperBroker:
 
     def _rest(self, m: Market, order: Order) -> None:
         """Put a (remainder of a) limit order in its price level's queue."""
-        levels, full = m.levels(order.buy)
-        shown = displayed_at(levels, full, order.px, order.buy)
+        shown = displayed_at(m.levels(order.buy), order.px, order.buy)
         side = m.buys if order.buy else m.sells
-        taken = (m.taken_bids if order.buy else m.taken_asks).qty.get(order.px)
-        ahead = self.model.join(shown if taken is None else max(shown - taken, 0))
-        side.add(order, shown, ahead)  # behind what is there, less what we took from it
+        left = shown if shown >= UNKNOWN else max(side.available(order.px, shown), 0)
+        side.add(order, shown, self.model.join(left))  # behind what is there, less our take
         if order.req.tif == "GTD":
             order.timer = self._call_at(order.req.expire_at_ns, self._expire, order)
 
@@ -523,6 +512,8 @@ class PaperBroker:
         self._emit_pos(m, pos, ts_recv_ns, now)
 
     def _emit_pos(self, m: Market, pos: PositionBook, ts_recv_ns: int, now: int) -> None:
+        """Publish the position marked at the mid; the next mark is due an interval later."""
+        m.next_mark = now + self._mark_ns
         mark = m.mid or pos.avg_px()
         self._emit(pos.topic, pos.message(mark, ts_recv_ns, now))
         if self.cfg.publish_total:
@@ -553,18 +544,17 @@ class PaperBroker:
     def _cross(self, m: Market, side: SideBook, book: BookTop) -> None:
         """The other side of the book reached our resting prices: those orders fill at their
         own price, as makers, from what is displayed there (minus what we took)."""
-        levels, _ = m.levels(not side.buy)
-        taken = m.taken_asks if side.buy else m.taken_bids
+        levels = m.levels(not side.buy)[0]
+        other = m.sells if side.buy else m.buys
         best_other = book.ask_px if side.buy else book.bid_px
         for lv in side.ordered():
             if (lv.px < best_other) if side.buy else (lv.px > best_other):
                 break
             for order in list(lv.orders):
-                got = walk(levels, order.leaves, lv.px, side.buy, taken)
+                got = walk(levels, order.leaves, lv.px, side.buy, other)
                 if not got:
                     return  # nothing left to take at our prices
-                for px, q in got:
-                    taken.take(px, q)
+                other.take(got)
                 self._fill(m, order, lv.px, sum(q for _, q in got), True, book.ts_exchange_ns,
                            book.ts_recv_ns)  # fmt: skip
 

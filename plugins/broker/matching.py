@@ -4,9 +4,10 @@ of passive ones.
 **Aggressive** (market, IOC, FOK, and the crossing part of a limit order): the order takes
 the displayed levels of the latest ``md.book`` on the other side, best first, up to its limit
 price, never more than a level displays. Our orders are not in the real book, so what we
-took stays *taken* (:class:`Taken`): the next order sees ``displayed - taken`` at that
-price until the level leaves the book; if the level shrinks below what we took, taken shrinks
-with it (what is left is what we took).
+took stays *taken* (:class:`SideBook`): the next order sees ``displayed - taken`` at that
+price, until trades at that price have consumed as much as we took (the front of the level,
+which we took first) or trades went through it, or the level is no longer displayed; if the
+level shrinks below what we took, taken shrinks with it (what is left is what we took).
 
 **Passive** (resting limit orders, in the spirit of hftbacktest's queue models - formulas
 ours): an order joins its level behind the displayed quantity (``ahead``) and only moves up:
@@ -59,61 +60,42 @@ _NATIVE_LE = sys.byteorder == "little"
 # --------------------------------------------------------------------------- book levels
 
 
-def levels_of(packed: bytes) -> list[tuple[int, int]]:
-    """Packed ``Levels`` bytes as [(price, qty), ...], best first, padding dropped."""
-    v = np.frombuffer(packed, _I8).tolist()
-    return [(p, q) for p, q in zip(v[0::2], v[1::2], strict=True) if p > 0]
+SideView = tuple[list[tuple[int, int]], bool, dict[int, int]]
+"""A decoded book side: levels best first (padding dropped), whether it shows all of its
+top-N slots (then prices beyond the last are unknown), and price -> displayed quantity."""
 
 
-def displayed_at(levels: list[tuple[int, int]], full: bool, px: int, buy: bool) -> int:
+def side_view(packed: bytes) -> SideView:
+    """Packed ``Levels`` bytes (length a multiple of 16) decoded for the cold paths."""
+    v = memoryview(packed).cast("q").tolist()  # native order: little-endian, checked at import
+    lv = list(zip(v[0::2], v[1::2], strict=True))
+    n = len(lv)
+    while n and lv[n - 1][0] <= 0:  # zero padding at the end
+        n -= 1
+    full = n == len(lv) and n > 0
+    del lv[n:]
+    return lv, full, dict(lv)
+
+
+def displayed_at(view: SideView, px: int, buy: bool) -> int:
     """Displayed quantity at ``px`` on a side (``buy``: the bid side); 0 if the price is
-    within the displayed range but has no level, :data:`UNKNOWN` if it is beyond it (the
-    side shows all ``full`` top-N levels and ``px`` is worse than the last)."""
-    for p, q in levels:
-        if p == px:
-            return q
-    if full and levels and (px < levels[-1][0] if buy else px > levels[-1][0]):
+    within the displayed range but has no level, :data:`UNKNOWN` if it is beyond it."""
+    levels, full, shown = view
+    q = shown.get(px)
+    if q is not None:
+        return q
+    if full and (px < levels[-1][0] if buy else px > levels[-1][0]):
         return UNKNOWN
     return 0
 
 
-class Taken:
-    """Liquidity our aggressive orders took from one side of a symbol's book: price ->
-    quantity, kept while the level is displayed (see the module docstring)."""
-
-    __slots__ = ("qty",)
-
-    def __init__(self) -> None:
-        self.qty: dict[int, int] = {}
-
-    def available(self, px: int, displayed: int) -> int:
-        """What is left at ``px`` for us."""
-        return displayed - self.qty.get(px, 0)
-
-    def take(self, px: int, qty: int) -> None:
-        self.qty[px] = self.qty.get(px, 0) + qty
-
-    def refresh(self, levels: list[tuple[int, int]], full: bool, buy: bool) -> None:
-        """A new book of this side: forget levels that left it, shrink to what is shown."""
-        shown = dict(levels)
-        worst = levels[-1][0] if levels else 0
-        for px, qty in list(self.qty.items()):
-            q = shown.get(px)
-            if q is None:
-                if full and levels and (px < worst if buy else px > worst):
-                    continue  # beyond the displayed depth: unknown, keep
-                del self.qty[px]
-            elif q < qty:
-                self.qty[px] = q
-
-
 def walk(
-    levels: list[tuple[int, int]], qty: int, limit_px: int, buy: bool, taken: Taken
+    levels: list[tuple[int, int]], qty: int, limit_px: int, buy: bool, taken: SideBook
 ) -> list[tuple[int, int]]:
-    """The fills of an aggressive order of ``qty`` against ``levels`` (the other side, best
-    first) up to ``limit_px`` (0: no limit): [(price, qty), ...], at most what each level
-    displays minus what we already took. Takes nothing (the caller commits with
-    :meth:`Taken.take`)."""
+    """The fills of an aggressive order of ``qty`` (``buy``: it buys) against ``levels``
+    (the other side, best first) up to ``limit_px`` (0: no limit): [(price, qty), ...], at
+    most what each level displays minus what we already took from it (``taken``: that
+    side). Takes nothing (the caller commits with :meth:`SideBook.take`)."""
     out: list[tuple[int, int]] = []
     for px, shown in levels:
         if qty <= 0:
@@ -131,17 +113,20 @@ def walk(
 # --------------------------------------------------------------------------- resting orders
 
 
+PX, CAP, SHOWN, DEC = 0, 1, 2, 3
+"""Rows of a side's scan state (a ``(4, n + nt)`` int64 array)."""
+
+
 @njit(cache=True, nogil=True)
-def _scan_side(
-    packed: bytes, desc: bool, px: np.ndarray, cap: np.ndarray, shown: np.ndarray,
-    dec: np.ndarray, n: int,
-) -> int:  # fmt: skip
-    """One book side against our ``n`` level prices ``px`` (sorted best first, like the
-    side: ``desc`` for bids). For each level within the displayed range: ``cap =
-    min(cap, displayed)``, ``dec`` = how much the displayed quantity fell since ``shown``
-    (0 if it did not, or if ``shown`` was unknown, < 0), ``shown = displayed``. Levels
-    beyond the displayed depth keep cap and shown, with ``dec = -1``. Returns how many
-    levels fell."""
+def _scan_side(packed: bytes, desc: bool, st: np.ndarray, n: int) -> int:
+    """One book side (``desc``: bids) against a side's scan state: columns ``[0, n)`` are our
+    level prices, ``[n, ...)`` the prices we took liquidity at, each group sorted best first.
+
+    Our levels within the displayed range: ``CAP = min(CAP, displayed)``; ``DEC`` = how much
+    the displayed quantity fell since ``SHOWN`` (0 if it did not, or ``SHOWN`` was unknown,
+    < 0); ``SHOWN = displayed``. Beyond the displayed depth: left alone, ``DEC = -1``.
+    Taken prices: ``CAP = min(CAP, displayed)``, 0 once no longer displayed. Returns how
+    many of our levels fell, plus ``1 << 32`` if a taken price dropped to 0."""
     a = np.frombuffer(packed, dtype=np.int64)
     m = a.shape[0] // 2
     mv = 0
@@ -150,13 +135,19 @@ def _scan_side(
     full = mv == m and mv > 0
     worst = a[2 * (mv - 1)] if mv > 0 else 0
     fell = 0
+    dropped = 0
     j = 0
-    for k in range(n):
-        p = px[k]
+    for k in range(st.shape[1]):
+        if k == n:
+            j = 0  # the taken prices: a second merge walk
+        p = st[PX, k]
         if full and (p < worst if desc else p > worst):
-            for r in range(k, n):  # beyond the displayed depth: unknown, left alone
-                dec[r] = -1
-            break
+            if k < n:
+                st[DEC, k] = -1
+            elif st[CAP, k] > 0:
+                st[CAP, k] = 0
+                dropped = 1
+            continue
         if desc:
             while j < mv and a[2 * j] > p:
                 j += 1
@@ -164,22 +155,24 @@ def _scan_side(
             while j < mv and a[2 * j] < p:
                 j += 1
         q = a[2 * j + 1] if j < mv and a[2 * j] == p else 0
-        if q < cap[k]:
-            cap[k] = q
-        s = shown[k]
-        if 0 <= q < s:
-            dec[k] = s - q
-            fell += 1
-        else:
-            dec[k] = 0
-        shown[k] = q
-    return fell
+        if q < st[CAP, k]:
+            st[CAP, k] = q
+            if q == 0 and k >= n:
+                dropped = 1
+        if k < n:
+            s = st[SHOWN, k]
+            if 0 <= q < s:
+                st[DEC, k] = s - q
+                fell += 1
+            else:
+                st[DEC, k] = 0
+            st[SHOWN, k] = q
+    return fell | (dropped << 32)
 
 
-_ARR = types.Array(types.int64, 1, "C")
 _SCAN_SIG = types.int64(
-    types.Bytes(types.uint8, 1, "C", readonly=True), types.boolean, _ARR, _ARR, _ARR, _ARR,
-    types.int64,
+    types.Bytes(types.uint8, 1, "C", readonly=True), types.boolean,
+    types.Array(types.int64, 2, "C"), types.int64,
 )  # fmt: skip
 
 
@@ -199,7 +192,7 @@ class Level:
         self.px = px
         self.orders: list[Order] = []
         self.idx = -1
-        """Slot in the side's scan arrays (-1 until the next rebuild)."""
+        """Column in the side's scan state (-1 until the next rebuild)."""
         self.shown0 = shown
         """Displayed quantity when the level was created (-1: beyond the displayed depth)."""
         self.traded = 0
@@ -207,11 +200,10 @@ class Level:
 
 
 class SideBook:
-    """Our resting orders on one side (``buy``) of one symbol, indexed by price."""
+    """One side of one symbol's book as the broker keeps it (``buy``: the bids): our resting
+    orders there, indexed by price, and the liquidity our aggressive orders took from it."""
 
-    __slots__ = (
-        "buy", "levels", "count", "best", "px", "cap", "shown", "dec", "n", "dirty",
-    )  # fmt: skip
+    __slots__ = ("buy", "levels", "count", "best", "st", "n", "nt", "tcol", "dirty")
 
     def __init__(self, buy: bool) -> None:
         self.buy = buy
@@ -220,12 +212,15 @@ class SideBook:
         """Resting orders."""
         self.best = -1 if buy else UNKNOWN
         """Our best price (highest bid / lowest ask); a sentinel no price can cross."""
-        self.px = np.empty(0, np.int64)
-        self.cap = np.empty(0, np.int64)
-        self.shown = np.empty(0, np.int64)
-        self.dec = np.empty(0, np.int64)
+        self.st = np.empty((4, 0), np.int64)
         self.n = 0
+        """Our levels in ``st`` (then ``nt`` taken prices)."""
+        self.nt = 0
+        self.tcol: dict[int, int] = {}
+        """Taken price -> its column in ``st``."""
         self.dirty = False
+
+    # ------------------------------------------------------------------ resting orders
 
     def add(self, order: Order, displayed: int, ahead: int) -> Level:
         """Rest ``order`` at its price, ``ahead`` in its queue; ``displayed`` is what the
@@ -266,43 +261,84 @@ class SideBook:
         i = lv.idx
         if i < 0:
             return
-        cap = int(self.cap[i])
+        cap = int(self.st[CAP, i])
         if cap < UNKNOWN:
             for o in lv.orders:
                 if o.ahead > cap:
                     o.ahead = cap
-            self.cap[i] = UNKNOWN
+            self.st[CAP, i] = UNKNOWN
 
     def scan(self, packed: bytes) -> int:
-        """A new book of this side: update every level's cap and shown quantity (see
-        :func:`_scan_side`); how many levels fell."""
+        """A new book of this side (see :func:`_scan_side`); how many of our levels fell."""
         if self.dirty:
-            self._rebuild()
-        return int(_scan_side(packed, self.buy, self.px, self.cap, self.shown, self.dec, self.n))
+            self._rebuild(None)
+        got = int(_scan_side(packed, self.buy, self.st, self.n))
+        if got >> 32:  # a taken price is no longer counted: drop it at the next rebuild
+            self.dirty = True
+        return got & 0xFFFFFFFF
 
     def ordered(self) -> list[Level]:
         """Our levels, best first."""
         return sorted(self.levels.values(), key=_px, reverse=self.buy)
 
-    def _rebuild(self) -> None:
-        """New scan arrays for the current levels (after a level came or went); pending caps
-        and shown quantities carry over."""
+    # ------------------------------------------------------------------ taken liquidity
+
+    def available(self, px: int, displayed: int) -> int:
+        """What is left for us at ``px`` of the ``displayed`` quantity."""
+        c = self.tcol.get(px)
+        return displayed if c is None else displayed - int(self.st[CAP, c])
+
+    def taken(self) -> dict[int, int]:
+        """Price -> quantity we took and still count as taken."""
+        st = self.st
+        return {p: q for p, q in zip(st[PX, self.n :].tolist(), st[CAP, self.n :].tolist(),
+                                     strict=True) if q > 0}  # fmt: skip
+
+    def take(self, fills: list[tuple[int, int]]) -> None:
+        """Our aggressive order took ``fills`` [(price, qty), ...] from this side."""
+        t = self.taken()
+        for px, q in fills:
+            t[px] = t.get(px, 0) + q
+        self._rebuild(t)
+
+    def traded(self, px: int, qty: int) -> None:
+        """A trade hit this side at ``px``: the market consumed the front of that level (the
+        very quantity we took first, in our picture) and every better level."""
+        st, buy = self.st, self.buy
+        for c in range(self.n, self.n + self.nt):
+            p = int(st[PX, c])
+            if (p > px) if buy else (p < px):
+                st[CAP, c] = 0
+                self.dirty = True  # dropped at the next rebuild
+            elif p == px:
+                left = int(st[CAP, c]) - qty
+                st[CAP, c] = left if left > 0 else 0
+                self.dirty = self.dirty or left <= 0
+
+    def _rebuild(self, taken: dict[int, int] | None) -> None:
+        """A new scan state for the current levels and ``taken`` (None: as it is); pending
+        caps and shown quantities carry over, taken prices no longer counted drop out."""
+        if taken is None:
+            taken = self.taken()
         lvls = self.ordered()
         n = len(lvls)
-        px = np.empty(n, np.int64)
-        cap = np.full(n, UNKNOWN, np.int64)
-        shown = np.empty(n, np.int64)
-        old_cap, old_shown = self.cap, self.shown
+        tpx = sorted(taken, reverse=self.buy)
+        old = self.st
+        st = np.zeros((4, n + len(tpx)), np.int64)
         for i, lv in enumerate(lvls):
-            px[i] = lv.px
+            st[PX, i] = lv.px
             if lv.idx >= 0:
-                cap[i] = old_cap[lv.idx]
-                shown[i] = old_shown[lv.idx]
+                st[CAP, i] = old[CAP, lv.idx]
+                st[SHOWN, i] = old[SHOWN, lv.idx]
             else:
-                shown[i] = lv.shown0
+                st[CAP, i] = UNKNOWN
+                st[SHOWN, i] = lv.shown0
             lv.idx = i
-        self.px, self.cap, self.shown, self.n = px, cap, shown, n
-        self.dec = np.zeros(n, np.int64)
+        for j, px in enumerate(tpx):
+            st[PX, n + j] = px
+            st[CAP, n + j] = taken[px]
+        self.st, self.n, self.nt = st, n, len(tpx)
+        self.tcol = {px: n + j for j, px in enumerate(tpx)}
         self.dirty = False
 
 
@@ -341,15 +377,16 @@ class QueueModel:
         """prob model, after a scan: spread each level's fall (net of the trades at its price
         since the last book) over front and back of each order."""
         n = self.power
+        st = side.st
         for lv in side.levels.values():
             i = lv.idx
-            fell = int(side.dec[i]) if i >= 0 else -1
+            fell = int(st[DEC, i]) if i >= 0 else -1
             if fell < 0:  # not in view (or new since the scan): nothing to learn
                 continue
             chg = fell - lv.traded
             lv.traded = 0
-            new = int(side.shown[i])
-            side.cap[i] = UNKNOWN  # applied here, exactly, with the estimate
+            new = int(st[SHOWN, i])
+            st[CAP, i] = UNKNOWN  # applied here, exactly, with the estimate
             if chg <= 0:
                 for o in lv.orders:
                     if o.ahead > new:

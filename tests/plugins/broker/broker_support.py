@@ -37,9 +37,9 @@ def runtime_dir() -> str:
 
 class Driver:
     """Test plugin: ``on_book(driver, book)`` / ``on_trade(driver, trade)`` run on every
-    market message (after the broker saw it, whatever the subscription order: orders are
-    sent by a timer due now, which the replay clock fires before the next message).
-    ``log`` keeps every market message and broker output in bus order."""
+    market message; orders go out by a timer due now, which the replay clock fires after
+    every handler of this message and before the next one (so the broker has seen this
+    book). ``log`` keeps every market message and broker output in bus order."""
 
     def __init__(
         self,
@@ -135,11 +135,12 @@ def replay(start_kernel: Callable[..., Any], driver: Driver, depth: int = 20,
         {
             "kernel": {"clock": "replay", "runtime_dir": runtime_dir()},
             "lanes": {"hot": {}},
-            "plugins": {
+            "plugins": {  # the driver first: it logs each market message before the
+                # broker's answer to it (subscribers run in set-up order)
+                "driver": {"lane": "hot"},
                 "replay_feed": {"lane": "hot", "exit_at_end": False, "progress": False},
                 "book": {"lane": "hot", "depth": depth},
                 "paper_broker": {"lane": "hot", **broker},
-                "driver": {"lane": "hot"},
             },
         },
         extra={"driver": driver},
