@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "tickbus.service"
 TEMPLATE = ROOT / "systemd" / "tickbus@.service"
 ENV_FILE = ROOT / "systemd" / "tickbus.env"
+README = ROOT / "systemd" / "README.md"
 INSTALLED_BINARY = "/usr/local/bin/tickbus"
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -358,6 +359,64 @@ def test_plain_unit_default_config_matches_the_example_env_file() -> None:
     unit_env = _environment(parse_unit(UNIT)["Service"])
     assert settings["TICKBUS_CONFIG"] == unit_env["TICKBUS_CONFIG"] == "/etc/tickbus/tickbus.toml"
     assert settings["TICKBUS_LOG_LEVEL"] == "info"
+
+
+@pytest.mark.parametrize("path", [UNIT, TEMPLATE], ids=lambda p: p.name)
+def test_who_may_do_what(path: Path) -> None:
+    # The kernel moded the sockets itself (tap 0660, the rest 0600); the umask keeps every
+    # other file group-readable at most, and the group may enter the runtime dir.
+    service = parse_unit(path)["Service"]
+    assert _one(service, "UMask") == "0027"
+    assert _one(service, "RuntimeDirectoryMode") == "0750"
+    assert (_one(service, "User"), _one(service, "Group")) == ("tickbus", "tickbus")
+
+
+_ROOTED = re.compile(r"(?<![\w.:/])/(?:etc|run|var|opt|usr)/[^\s`'\")(|,;]*")
+
+
+def _documented_paths() -> set[str]:
+    """Every path the units and the env file define, for an instance named ``paper``."""
+    unit, template = parse_unit(UNIT)["Service"], parse_unit(TEMPLATE)["Service"]
+    paths = {INSTALLED_BINARY, "/usr/sbin/nologin", "/etc/tickbus", "/etc/systemd/system"}
+    for service in (unit, template):
+        binary, *args = _one(service, "ExecStart").split()
+        paths |= {a.replace("%i", "paper") for a in args if a.startswith("/")}
+        paths.add(_one(service, "EnvironmentFile").lstrip("-").replace("%i", "paper"))
+        for kind, root in (("Runtime", "/run"), ("State", "/var/lib"), ("Cache", "/var/cache")):
+            paths.add(f"{root}/{_one(service, f'{kind}Directory')}".replace("%i", "paper"))
+    paths.add(_environment(unit)["TICKBUS_CONFIG"])
+    for line in ENV_FILE.read_text().splitlines():
+        if line and not line.startswith("#"):
+            paths.add(line.split("=", 1)[1])
+    return paths
+
+
+def _check_paths(text: str, allowed: set[str], exact: set[str], where: str) -> None:
+    for found in _ROOTED.findall(text.replace("NAME", "paper").replace("%i", "paper")):
+        path = found.rstrip("/.:")
+        ok = path in exact or any(path == a or path.startswith(a + "/") for a in allowed)
+        assert ok, f"{where}: {found} is not a path the units or the env file define"
+
+
+def test_every_path_in_the_readme_and_env_file_is_one_the_units_define() -> None:
+    readme = README.read_text()
+    venv = re.search(r"python3 -m venv (\S+)", readme)
+    assert venv is not None, "the README no longer says where the venv goes"
+    v = venv.group(1)
+    venv_paths = {v, f"{v}/bin/pip", f"{v}/bin/tickbus"}
+    # the symlink puts the venv's command where the unit's ExecStart= looks
+    assert f"ln -s {v}/bin/tickbus {INSTALLED_BINARY}" in readme
+    # the override example runs the very command the install step put in the venv
+    override = re.findall(r"^ExecStart=(\S.*)$", readme, re.MULTILINE)
+    unit_exec = _one(parse_unit(UNIT)["Service"], "ExecStart")
+    assert override == [unit_exec.replace(INSTALLED_BINARY, f"{v}/bin/tickbus", 1)]
+    allowed = _documented_paths() - {INSTALLED_BINARY, "/usr/sbin/nologin"}
+    hidden = {"/run/user", "/var/tmp"}  # what ProtectHome=/PrivateTmp= hide (unit comments)
+    exact = venv_paths | hidden | {INSTALLED_BINARY, "/usr/sbin/nologin"}
+    _check_paths(readme, allowed, exact, "systemd/README.md")
+    _check_paths(ENV_FILE.read_text(), allowed, exact, "systemd/tickbus.env")
+    for unit in (UNIT, TEMPLATE):
+        _check_paths(unit.read_text(), allowed, exact, unit.name)
 
 
 # ---------------------------------------------------------------------------------------
