@@ -152,8 +152,9 @@ def format_status(body: dict[str, Any]) -> str:
         + (f" ({body['reason']})" if body["reason"] else "")
         + f", kill switch {'ON' if body['kill_switch'] else 'off'}"
     ]
-    rows = [("SYMBOL", "QTY", "WORKING BUY", "WORKING SELL", "MID", "REALIZED", "UNREALIZED",
-             "FEES", "PNL")]  # fmt: skip
+    head = ("SYMBOL", "QTY", "WORKING BUY", "WORKING SELL", "MID", "REALIZED", "UNREALIZED",
+            "FEES", "PNL")  # fmt: skip
+    rows: list[tuple[str, ...]] = [head]
     for sym, p in body["positions"].items():
         pnl = p["realized_pnl"] + p["unrealized_pnl"] - p["fees"]
         rows.append((

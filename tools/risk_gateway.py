@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import math
 import os
 import signal
 import sys
@@ -74,7 +75,8 @@ class Gateway:
         self._zctx = zmq.Context(io_threads=1)
         self.sock = self._zctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self._file: tuple[str, tuple[int, int] | None] | None = None
+        self._file: tuple[str, tuple[int, int]] | None = None
+        """The ipc socket file we created (path, device and inode), removed at close."""
         try:
             self._bind(check_dir)
         except BaseException:
@@ -107,7 +109,8 @@ class Gateway:
         finally:
             os.umask(old)
         os.chmod(path, OWNER_MODE)
-        self._file = (path, runtime.file_id(path))
+        ident = runtime.file_id(path)
+        self._file = (path, ident) if ident is not None else None
 
     def stop(self) -> None:
         self._running = False
@@ -122,7 +125,7 @@ class Gateway:
             wait_ms = 200.0
             if due:
                 wait_ms = max(0.0, (due[0][0] - time.monotonic_ns()) / 1e6)
-            if poller.poll(wait_ms):
+            if poller.poll(math.ceil(wait_ms)):
                 for _ in range(1000):
                     try:
                         frames = self.sock.recv_multipart(zmq.NOBLOCK)
@@ -169,7 +172,7 @@ class Gateway:
     def close(self) -> None:
         self.sock.close(linger=0)
         self._zctx.term()
-        if self._file is not None and self._file[1] is not None:
+        if self._file is not None:
             runtime.unlink_if_same(*self._file)  # only our own file, not a successor's
 
 

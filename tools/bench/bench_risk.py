@@ -105,7 +105,7 @@ def orders_for(books: list[BookTop], seed: int) -> list[OrderRequest]:
     """One order per book (seeded), as described in the module docstring."""
     rng = random.Random(seed)
     tick = 10**6  # 0.01
-    out = []
+    out: list[OrderRequest] = []
     for i, b in enumerate(books):
         side = rng.choice(("buy", "sell"))
         qty = rng.randint(1, 50) * 100_000  # 0.001 .. 0.05
@@ -418,7 +418,7 @@ def _bare_rtt(ep: str, order: OrderRequest, n: int) -> list[float]:
     sock.connect(ep)
     enc = msgspec.msgpack.Encoder().encode
     dec = msgspec.msgpack.Decoder(RiskCheckReply).decode
-    out = []
+    out: list[float] = []
     try:
         for i in range(n + 200):
             t0 = clock()
