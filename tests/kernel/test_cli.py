@@ -134,6 +134,27 @@ def test_missing_config_file(tmp_path: Path) -> None:
     assert out.stderr.strip() == f"tickbus: error: {tmp_path / 'nope.toml'}: no such config file"
 
 
+def test_an_invalid_log_level_is_one_line(tmp_path: Path, rt: Path) -> None:
+    cfg = write_config(tmp_path / "c.toml", f'[kernel]\nruntime_dir = "{rt}"\n')
+    out = run_cli(["run", str(cfg)], None, TICKBUS_LOG_LEVEL="verbose")
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("tickbus: error: TICKBUS_LOG_LEVEL: 'verbose'")
+    assert not (rt / "tap").exists(), "nothing may start on a bad setting"
+
+
+def test_bad_endpoints_are_one_line(tmp_path: Path) -> None:
+    for text, key in (
+        ('[bus]\nlisten_pub = ["ipc://@bus"]\n', "bus.listen_pub[0]"),
+        ('[bus]\ntap = "udp://x:1"\n', "bus.tap"),
+        ('[kernel]\nname = "../x"\n', "kernel.name"),
+    ):
+        cfg = write_config(tmp_path / "c.toml", text)
+        out = run_cli(["run", str(cfg)], None)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert out.stderr.startswith(f"tickbus: error: {cfg}: {key}: "), out.stderr
+
+
 def test_endpoint_in_use_is_one_line(plugin_site: Path, tmp_path: Path, rt: Path) -> None:
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
