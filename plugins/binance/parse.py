@@ -167,6 +167,29 @@ class _Rest(msgspec.Struct):
 _frame_decoder = msgspec.json.Decoder(_Frame)  # for the benchmark; parsers own theirs
 
 
+def _probe() -> None:
+    """Nothing: numba picks a cache location per source file, so it probes this one."""
+
+
+def _can_cache() -> bool:
+    """Whether numba finds a writable cache for this file: beside it (``__pycache__``), in
+    ``NUMBA_CACHE_DIR`` or in the user's cache dir. With none (a read-only install and no
+    writable home) ``njit(cache=True)`` fails at import; the kernels then compile on every
+    start instead, and ``warmup`` says so."""
+    try:
+        from numba.core.caching import FunctionCache
+
+        FunctionCache(_probe)
+    except RuntimeError:  # "no locator available"
+        return False
+    except Exception:  # another numba: let njit(cache=True) decide
+        return True
+    return True
+
+
+_CACHE = _can_cache()
+
+
 # --------------------------------------------------------------------------- numba kernel
 
 # error codes of the level kernel (low byte of the negated return value; position above)
@@ -213,14 +236,14 @@ _WHOLE_MAX: Final = _MAX_I64 // SCALE  # 92233720368
 _FRAC_MAX_AT_WHOLE_MAX: Final = _MAX_I64 % SCALE
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=_CACHE, nogil=True, inline="always")
 def _ws(buf: np.ndarray, p: int, n: int) -> int:
     while p < n and (buf[p] == 32 or buf[p] == 10 or buf[p] == 13 or buf[p] == 9):
         p += 1
     return p
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _skip_string(buf: np.ndarray, p: int, n: int) -> int:
     """``p`` at an opening quote -> index after the closing quote (-1 if unterminated)."""
     p += 1
@@ -235,7 +258,7 @@ def _skip_string(buf: np.ndarray, p: int, n: int) -> int:
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _skip_value(buf: np.ndarray, p: int, n: int) -> int:
     """Skip one JSON value (msgspec already validated the document); -1 if it runs off."""
     c = buf[p]
@@ -266,7 +289,7 @@ def _skip_value(buf: np.ndarray, p: int, n: int) -> int:
     return p
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=_CACHE, nogil=True, inline="always")
 def _number(buf: np.ndarray, p: int, n: int, out: np.ndarray, o: int) -> int:
     """Parse ``"digits[.digits]"`` at ``p`` (a quote) into ``out[o]``; return the index after
     the closing quote, or ``-(code | pos << 8)``."""
@@ -310,7 +333,7 @@ def _number(buf: np.ndarray, p: int, n: int, out: np.ndarray, o: int) -> int:
     return p + 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _parse_array(buf: np.ndarray, p: int, n: int, out: np.ndarray, base: int, cap: int) -> int:
     """Parse a level array at ``p`` (``[``) into ``out[base : base + 2 * count]``.
 
@@ -356,7 +379,7 @@ def _parse_array(buf: np.ndarray, p: int, n: int, out: np.ndarray, base: int, ca
         return -(_E_SYNTAX | (p << 8))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _key_is(buf: np.ndarray, ks: int, ke: int, word: bytes) -> bool:
     if ke - ks != len(word):
         return False
@@ -374,7 +397,7 @@ _M_TRADE = 3  # "p","q" decimal strings -> out[0:2]
 _ENVELOPE = 4  # flag: the event is the "data" object of a combined-stream envelope
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=_CACHE, nogil=True, inline="always")
 def _slot(buf: np.ndarray, ks: int, ke: int, mode: int) -> int:
     """Which output a key feeds in ``mode``: 0/1 = bids/asks array (depth, REST), 0..3 =
     scalar slot (ticker b, B, a, A; trade p, q), -1 = not wanted."""
@@ -394,7 +417,7 @@ def _slot(buf: np.ndarray, ks: int, ke: int, mode: int) -> int:
     return 0 if c == 112 else 1 if c == 113 else -1  # p q
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _scan(frame: bytes, out: np.ndarray, flags: int) -> int:
     """Find the wanted values of the event object (see the ``_M_*`` modes) and parse them
     into ``out``: level arrays as bids in the first half of ``out`` and asks in the second,
@@ -495,7 +518,7 @@ _S_E, _S_T, _S_U, _S_LU, _S_PU, _S_S, _S_B, _S_A, _S_EV = (1 << i for i in range
 _REQUIRED = _S_E | _S_U | _S_LU | _S_S | _S_B | _S_A | _S_EV
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=_CACHE, nogil=True, inline="always")
 def _ascii_string(buf: np.ndarray, p: int, n: int) -> int:
     """``p`` at a quote -> index after the closing quote; -1 malformed; -2 needs the slow
     path (escape or non-ASCII byte: msgspec's string rules decide those)."""
@@ -512,7 +535,7 @@ def _ascii_string(buf: np.ndarray, p: int, n: int) -> int:
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _skip_number(buf: np.ndarray, p: int, n: int) -> int:
     """Strict JSON number grammar ``-?(0|[1-9]d*)(.d+)?([eE][+-]?d+)?``; -1 if malformed."""
     if p < n and buf[p] == 45:
@@ -541,7 +564,7 @@ def _skip_number(buf: np.ndarray, p: int, n: int) -> int:
     return p
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=_CACHE, nogil=True, inline="always")
 def _literal(buf: np.ndarray, p: int, n: int, word: bytes) -> int:
     if p + len(word) > n:
         return -1
@@ -551,7 +574,7 @@ def _literal(buf: np.ndarray, p: int, n: int, word: bytes) -> int:
     return p + len(word)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _skip_json(buf: np.ndarray, p: int, n: int) -> int:
     """Validate and skip one JSON value of any shape (an unknown field); returns the index
     after it, -1 if malformed, -2 if the slow path must decide (non-ASCII, escapes, >62
@@ -632,7 +655,7 @@ def _skip_json(buf: np.ndarray, p: int, n: int) -> int:
             return p
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=_CACHE, nogil=True, inline="always")
 def _json_int(buf: np.ndarray, p: int, n: int, out: np.ndarray, o: int) -> int:
     """A JSON integer into ``out[o]``; -1 malformed, -2 slow path (null, string, float or
     more than 18 digits: msgspec's typing decides)."""
@@ -655,7 +678,7 @@ def _json_int(buf: np.ndarray, p: int, n: int, out: np.ndarray, o: int) -> int:
     return p
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _scan_depth(frame: bytes, out: np.ndarray) -> int:
     """Validate a whole depth frame (envelope or raw) and read header and levels in one
     pass. Header slots go to ``out[4 * cap:]``; returns ``n_bids << 32 | n_asks`` or
@@ -843,7 +866,7 @@ _SMALL_NO, _SMALL_TICKER, _SMALL_TRADE = 0, 1, 2
 _NO_SMALL = (_SMALL_NO, 0, 0, 0, 0, 0, 0, 0)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=_CACHE, nogil=True, inline="always")
 def _plain_uint(buf: np.ndarray, p: int, n: int) -> tuple[int, int]:
     """A JSON integer of 1..18 digits, no sign, no leading zero: ``(index after, value)``;
     index -1 for anything else."""
@@ -858,7 +881,7 @@ def _plain_uint(buf: np.ndarray, p: int, n: int) -> tuple[int, int]:
     return p, v
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=_CACHE, nogil=True, inline="always")
 def _plain_number(buf: np.ndarray, p: int, n: int, key: bytes, out: np.ndarray, o: int) -> int:
     """``key`` (e.g. ``,"b":``) then a price/qty string read into ``out[o]`` exactly as
     ``_scan`` reads it: the index after it, -1 on any error."""
@@ -869,7 +892,7 @@ def _plain_number(buf: np.ndarray, p: int, n: int, key: bytes, out: np.ndarray, 
     return p if p > 0 else -1
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=_CACHE, nogil=True, inline="always")
 def _plain_bool(buf: np.ndarray, p: int, n: int) -> tuple[int, int]:
     q = _literal(buf, p, n, b"true")
     if q > 0:
@@ -877,13 +900,13 @@ def _plain_bool(buf: np.ndarray, p: int, n: int) -> tuple[int, int]:
     return _literal(buf, p, n, b"false"), 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=_CACHE, nogil=True, inline="always")
 def _end(buf: np.ndarray, p: int, n: int) -> bool:
     """``}}`` at ``p`` and nothing after it."""
     return p + 2 == n and buf[p] == 125 and buf[p + 1] == 125
 
 
-@njit(cache=True)  # keeps the GIL: releasing it costs more than the ~0.2 us of work
+@njit(cache=_CACHE)  # keeps the GIL: releasing it costs more than the ~0.2 us of work
 def _scan_small(frame: bytes) -> tuple[int, int, int, int, int, int, int, int]:
     """A canonical spot bookTicker or trade envelope: ``(_SMALL_TICKER, u, s0, s1, b, B, a,
     A)`` or ``(_SMALL_TRADE, t, s0, s1, p, q, T, m)`` - ``frame[s0:s1]`` is the symbol - or
@@ -1343,7 +1366,14 @@ def warmup(log: logging.Logger | None = None) -> float:
     ~15 s compile and how long it took after. Returns the seconds spent."""
     log = log or _log
     cold, where = _cache_state(_KERNELS)
-    if cold:
+    if not _CACHE:
+        log.warning(
+            "compiling frame-parser kernels (~%d s) on every start: numba finds no writable cache "
+            "dir for %s (set NUMBA_CACHE_DIR to one)",
+            COLD_COMPILE_S,
+            __file__,
+        )
+    elif cold:
         log.info("compiling frame-parser kernels (first run only, ~%d s)", COLD_COMPILE_S)
     t0 = time.perf_counter()
     p = FrameParser(64)
@@ -1357,6 +1387,10 @@ def warmup(log: logging.Logger | None = None) -> float:
     p.parse_snapshot(b'{"lastUpdateId":1,"bids":[["1","1"]],"asks":[]}', "X", 0)
     p.parse(b'{"stream":"x@bookTicker","data":{"u":1,"s":"X","b":"1","B":"1","a":"1","A":"1"}}', 0)
     took = time.perf_counter() - t0
-    if cold or took > 2.0:  # a compile the index check did not foresee shows in the time
-        log.info("frame-parser kernels compiled in %.1f s (numba cache: %s)", took, where)
+    if cold or not _CACHE or took > 2.0:  # a compile the index did not foresee shows in the time
+        log.info(
+            "frame-parser kernels compiled in %.1f s (numba cache: %s)",
+            took,
+            where if _CACHE else "none",
+        )
     return took

@@ -69,6 +69,29 @@ class BookError(ValueError):
     """An update the book cannot represent (non-positive price, negative quantity, bad shape)."""
 
 
+def _probe() -> None:
+    """Nothing: numba picks a cache location per source file, so it probes this one."""
+
+
+def _can_cache() -> bool:
+    """Whether numba finds a writable cache for this file: beside it (``__pycache__``), in
+    ``NUMBA_CACHE_DIR`` or in the user's cache dir. With none (a read-only install and no
+    writable home) ``njit(cache=True)`` fails at import; the kernels then compile on every
+    start instead, and ``warmup`` says so."""
+    try:
+        from numba.core.caching import FunctionCache
+
+        FunctionCache(_probe)
+    except RuntimeError:  # "no locator available"
+        return False
+    except Exception:  # another numba: let njit(cache=True) decide
+        return True
+    return True
+
+
+_CACHE = _can_cache()
+
+
 # --------------------------------------------------------------------------- kernels
 
 # The Python-facing kernels get explicit signatures (:data:`_SIGNATURES`), compiled (or loaded
@@ -84,7 +107,7 @@ _BYTES_T = types.Bytes(types.uint8, 1, "C", readonly=True)
 _APPLY_SIGS = [types.int64(_BUF_T, t, t, types.int64) for t in (_LV_RW, _LV_RO)]
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=_CACHE, nogil=True, inline="always")
 def _bases(buf: np.ndarray, s: int) -> tuple[int, int, int, int, int, int]:
     """Offsets in ``buf`` of side ``s``'s arrays: keys ``[block * B + i]``, qtys (same
     shape), block counts, ordered block ids, first key of each ordered block, free stack.
@@ -98,7 +121,7 @@ def _bases(buf: np.ndarray, s: int) -> tuple[int, int, int, int, int, int]:
     return kb, qb, cb, cb + m, cb + 2 * m, cb + 3 * m
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _validate(upd: np.ndarray) -> int:
     """Index of the first invalid (price <= 0 or qty < 0) level, or -1."""
     for i in range(upd.shape[0]):
@@ -107,7 +130,7 @@ def _validate(upd: np.ndarray) -> int:
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _refresh_best(buf: np.ndarray) -> None:
     for s in range(2):
         nb = buf[8 + s]
@@ -123,7 +146,7 @@ def _refresh_best(buf: np.ndarray) -> None:
             buf[3 + 2 * s] = 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _collect(buf: np.ndarray, s: int, extra: int) -> tuple[np.ndarray, np.ndarray]:
     """All levels of side ``s`` as ascending (keys, qtys), with ``extra`` spare slots."""
     kb, qb, cb, ob, _, _ = _bases(buf, s)
@@ -140,7 +163,7 @@ def _collect(buf: np.ndarray, s: int, extra: int) -> tuple[np.ndarray, np.ndarra
     return keys, qtys
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _rebuild(buf: np.ndarray, s: int, keys: np.ndarray, qtys: np.ndarray, n: int) -> None:
     """Lay ``n`` ascending levels out in blocks of ``_FILL`` (room to grow before a split)."""
     kb, qb, cb, ob, fb, sb = _bases(buf, s)
@@ -161,7 +184,7 @@ def _rebuild(buf: np.ndarray, s: int, keys: np.ndarray, qtys: np.ndarray, n: int
     buf[8 + s] = nb
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _side_levelwise(buf: np.ndarray, s: int, upd: np.ndarray) -> None:
     """Apply ``upd`` to side ``s`` level by level: find the block (the top block is tried
     first: most updates are near the best price), binary search in it, shift <= B slots."""
@@ -266,7 +289,7 @@ def _side_levelwise(buf: np.ndarray, s: int, upd: np.ndarray) -> None:
         _rebuild(buf, s, keys, qtys, n)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _side_merge(buf: np.ndarray, s: int, upd: np.ndarray) -> None:
     """Apply ``upd`` to side ``s`` by one linear merge and re-layout (bulk diffs, snapshots).
 
@@ -326,7 +349,7 @@ def _side_merge(buf: np.ndarray, s: int, upd: np.ndarray) -> None:
     _rebuild(buf, s, ok, oq, o)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=_CACHE, nogil=True, inline="always")
 def _need_blocks(buf: np.ndarray, s: int, k: int, merge: bool) -> int:
     """Blocks per side the update can need in the worst case (checked before any write)."""
     if merge:
@@ -335,7 +358,7 @@ def _need_blocks(buf: np.ndarray, s: int, k: int, merge: bool) -> int:
     return 2 * buf[8 + s] + (2 * k) // _B + 2
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _apply(buf: np.ndarray, bids: np.ndarray, asks: np.ndarray, merge_min: int) -> int:
     """Apply a diff to both sides atomically: validate and check capacity before writing.
 
@@ -367,7 +390,7 @@ def _apply(buf: np.ndarray, bids: np.ndarray, asks: np.ndarray, merge_min: int) 
     return _OK
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _apply_packed(buf: np.ndarray, bids: bytes, asks: bytes) -> int:
     """:func:`_apply` on ``Levels`` bytes, viewed in place (no Python-side ``frombuffer``)."""
     if len(bids) % 16 or len(asks) % 16:
@@ -377,7 +400,7 @@ def _apply_packed(buf: np.ndarray, bids: bytes, asks: bytes) -> int:
     return _apply(buf, b, a, MERGE_MIN)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _regrow(old: np.ndarray, new: np.ndarray) -> None:
     """Copy every level of ``old`` into ``new`` (a larger empty buffer)."""
     for s in range(2):
@@ -386,7 +409,7 @@ def _regrow(old: np.ndarray, new: np.ndarray) -> None:
     _refresh_best(new)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _clear(buf: np.ndarray) -> None:
     empty = np.empty(0, dtype=np.int64)
     for s in range(2):
@@ -394,7 +417,7 @@ def _clear(buf: np.ndarray) -> None:
     _refresh_best(buf)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _top(buf: np.ndarray, out: np.ndarray) -> int:
     """Write up to ``m = len(out) // 4`` best levels per side into ``out`` (bids in the first
     half, asks in the second, best first, zero padded). Returns ``n_bids << 32 | n_asks``
@@ -421,7 +444,7 @@ def _top(buf: np.ndarray, out: np.ndarray) -> int:
     return counts
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=_CACHE, nogil=True)
 def _side_levels(buf: np.ndarray, side: int) -> np.ndarray:
     """All levels of one side as a new ``(n, 2)`` array of (price, qty), best first."""
     keys, qtys = _collect(buf, side, 0)
@@ -681,7 +704,14 @@ def warmup(log: logging.Logger | None = None) -> float:
     ~15 s compile and how long it took after. Returns the seconds spent."""
     log = log or _log
     cold, where = _cache_state([k for k, _ in _SIGNATURES])
-    if cold:
+    if not _CACHE:
+        log.warning(
+            "compiling order-book kernels (~%d s) on every start: numba finds no writable cache "
+            "dir for %s (set NUMBA_CACHE_DIR to one)",
+            COLD_COMPILE_S,
+            __file__,
+        )
+    elif cold:
         log.info("compiling order-book kernels (first run only, ~%d s)", COLD_COMPILE_S)
     t0 = time.perf_counter()
     _compile()
@@ -698,6 +728,10 @@ def warmup(log: logging.Logger | None = None) -> float:
     book.levels("bid")
     book.clear()
     took = time.perf_counter() - t0
-    if cold or took > 2.0:  # a compile the index check did not foresee shows in the time
-        log.info("order-book kernels compiled in %.1f s (numba cache: %s)", took, where)
+    if cold or not _CACHE or took > 2.0:  # a compile the index did not foresee shows in the time
+        log.info(
+            "order-book kernels compiled in %.1f s (numba cache: %s)",
+            took,
+            where if _CACHE else "none",
+        )
     return took

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,57 @@ def test_the_kernels_refuse_other_argument_types() -> None:
         orderbook._apply(book._buf, floats, floats, 1)
     with pytest.raises(orderbook.BookError):
         book.apply_diff(floats, floats)
+
+
+def _without_root_powers() -> list[str]:
+    """A command prefix under which file permissions apply (root ignores them)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    caps = "-dac_override,-dac_read_search,-fowner"
+    if setpriv is None or subprocess.run([setpriv, f"--bounding-set={caps}", "true"]).returncode:
+        pytest.skip("running as root without setpriv: cannot make a directory read-only")
+    return [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}"]
+
+
+@pytest.mark.parametrize(
+    ("source", "what"),
+    [(orderbook.__file__, "order-book"), (parse.__file__, "frame-parser")],
+    ids=["orderbook", "parse"],
+)
+def test_no_writable_cache_dir_compiles_instead_of_failing(
+    tmp_path: Path, source: str, what: str
+) -> None:
+    """A read-only install (site-packages) and no writable home cache: numba has nowhere to
+    cache. Before: ``njit(cache=True)`` raised at import and the plugin could not load; now
+    the kernels compile on every start and warmup says why, first."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "kernels.py").write_text(Path(source).read_text())
+    home = tmp_path / "home"
+    home.mkdir()
+    for d in (ro, home):
+        d.chmod(0o555)
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home), PYTHONPATH=str(ro), PYTHONDONTWRITEBYTECODE="1")
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
+        "import kernels\nkernels.warmup()\n"
+    )
+    proc = subprocess.Popen(
+        [*_without_root_powers(), sys.executable, "-c", code],
+        cwd=ro,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+    finally:
+        proc.kill()
+        _, err = proc.communicate(10)
+    assert first.startswith(f"compiling {what} kernels (~"), (first, err[-2000:])
+    assert "on every start" in first and "NUMBA_CACHE_DIR" in first
