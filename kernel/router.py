@@ -92,8 +92,22 @@ def _ipc_path(endpoint: str) -> str:
     return endpoint[len("ipc://") :]
 
 
+def _fits(path: str) -> bool:
+    return len(path.encode()) <= IPC_PATH_MAX
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if not n:
+            return out
+
+
 def _check_ipc_length(path: str, endpoint: str, what: str) -> None:
-    if len(path.encode()) > IPC_PATH_MAX:
+    if not _fits(path):
         raise TickbusError(
             f"cannot bind {what} {endpoint}: ipc path is longer than {IPC_PATH_MAX} bytes"
             " (use a shorter runtime_dir)"
@@ -164,15 +178,19 @@ class _Binder:
         # with the wrong permissions in between, and a stale file is replaced atomically.
         with self._lock:
             self._seq += 1
-            tmp = str(parent / f".{os.getpid()}.{self._seq}")
-        _check_ipc_length(tmp, endpoint, what)
+            seq = self._seq
+        # The path limit applies to the private name too: the shortest that fits, else (a
+        # path within 2 bytes of the limit) the final name, guarded by the dir's mode only.
+        names = (f".{_base36(os.getpid())}.{seq}", f".{seq}")
+        tmp = next((t for t in (str(parent / n) for n in names) if _fits(t)), path)
         try:
             sock.bind(f"ipc://{tmp}")
         except zmq.ZMQError as err:
             raise TickbusError(f"cannot bind {what} {endpoint}: {err.strerror}") from None
         try:
             os.chmod(tmp, mode)
-            os.rename(tmp, path)
+            if tmp != path:
+                os.rename(tmp, path)
         except OSError as err:
             sock.unbind(f"ipc://{tmp}")
             Path(tmp).unlink(missing_ok=True)

@@ -426,6 +426,10 @@ def test_a_remote_subscriber_that_falls_behind_is_cut_off_loudly_lanes_stay_loss
         # catching up, the subscriber reaches the end of the connection: it knows
         wait_for(lambda: drain(slow) or lost, 10)
         assert "test subscriber: lost the connection" in lost[0]
+        # the endpoint listens again, owner-only as before
+        assert stat.S_IMODE(os.lstat(rt / "bus-sub").st_mode) == 0o600
+        fresh = client(zctx, zmq.SUB, f"ipc://{rt}/bus-sub", None, SUBSCRIBE=b"md.trade")
+        assert received(fresh, 1.0) > 0
     finally:
         watch.close()
         zctx.destroy(linger=0)
@@ -433,6 +437,32 @@ def test_a_remote_subscriber_that_falls_behind_is_cut_off_loudly_lanes_stay_loss
     rec = k.contexts["tb_recorder"].component
     assert k.stop()
     assert rec["ids"] == list(range(prod["sent"])), "a local lane lost messages"
+
+
+def test_connection_watch_reports_a_lost_peer_not_its_own_close(tmp_path: Path) -> None:
+    zctx = zmq.Context()
+    lost: list[str] = []
+    watch = ConnectionWatch(zctx, lost.append)
+    ep = f"ipc://{tmp_path}/s"
+    try:
+        host = client(zctx, zmq.XPUB, "inproc://unused", None)
+        host.bind(ep)
+        mine, theirs = (zctx.socket(zmq.SUB) for _ in range(2))
+        for name, sock in (("mine", mine), ("theirs", theirs)):
+            watch.watch(sock, name)
+            sock.connect(ep)
+            sock.subscribe(b"")
+        assert host.poll(5000), "no subscriber connected"
+        time.sleep(0.3)  # both handshakes done
+        mine.close(0)
+        time.sleep(0.3)
+        assert lost == [], "closing our own socket is not a loss"
+        host.close(0)
+        wait_for(lambda: lost, 5)
+        assert lost == [f"theirs: lost the connection to {ep} (messages may have been lost)"]
+    finally:
+        watch.close()
+        zctx.destroy(linger=0)
 
 
 def test_a_bounded_subscriber_that_keeps_up_is_never_cut_off(start_kernel, rt: Path) -> None:
