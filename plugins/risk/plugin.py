@@ -135,7 +135,8 @@ class Risk:
             cfg.max_rejects if cfg.reject_window_s > 0 else 0,
             int(cfg.reject_window_s * 1e9),
         )
-        if cfg.risk_gateway and not cfg.risk_gateway.startswith(("ipc://", "tcp://")):
+        if cfg.risk_gateway and not cfg.risk_gateway.startswith("ipc://"):
+            # the protocol has no authentication of its own: a socket file's permissions are it
             raise TickbusError(f"{key}.risk_gateway: expected an ipc:// endpoint")
         self.gateway: GatewayClient | None = None
         self.positions: dict[str, Position] = {}
@@ -256,6 +257,12 @@ class Risk:
         cached = self._replies.get(rid)
         if cached is None:  # a retry of a command already done gets the same answer again
             ok, body = self._command(cmd.command, cmd.args)
+            if not ok:
+                self.bad_input += 1
+                if "ctl refused" not in self._logged:
+                    self._logged.add("ctl refused")
+                    self.log.warning("refused a control command (%s), logged once; sample %r",
+                                     body["error"], cmd)  # fmt: skip
             cached = ControlReply(rid, self.ctx.name, ok, json.dumps(body), self._now())
             self._replies[rid] = cached
             if len(self._replies) > 64:
@@ -281,7 +288,6 @@ class Risk:
                 self.breaker.reset()
             self.set_state(args[0], "operator")  # type: ignore[arg-type]
             return True, {"state": self.engine.state, "reason": self.engine.reason}
-        self.bad_input += 1
         if command in COMMANDS:
             usage = {
                 "kill-switch": "kill-switch on|off [cancel|no-cancel] [flatten|no-flatten]",
@@ -312,7 +318,7 @@ class Risk:
         now = self._now()
         n = 0
         for w in list(self.engine.working.values()):
-            if not w.pending:
+            if not w.pending and w.order.strategy_id != self.ctx.name:  # not our flattening
                 o = w.order
                 self._publish(
                     "ord.cancel", OrderCancel(o.client_order_id, o.strategy_id, o.symbol, now)
@@ -323,10 +329,15 @@ class Risk:
     def flatten(self) -> list[dict[str, Any]]:
         """Close every position with a reduce-only market order through the broker (risk's
         own orders: accepted directly, tracked as working)."""
-        out = []
+        out: list[dict[str, Any]] = []
         now = self._now()
+        own = {w.order.symbol for w in self.engine.working.values()
+               if w.order.strategy_id == self.ctx.name}  # fmt: skip
         for s in self.engine.syms.values():
             qty = abs(s.pos) - abs(s.pos) % s.step  # whole lots only
+            if s.symbol in own:
+                out.append({"symbol": s.symbol, "qty": s.pos, "skipped": "already flattening"})
+                continue
             if not qty or qty < s.min_qty:
                 if s.pos:
                     out.append({"symbol": s.symbol, "qty": s.pos, "skipped": "below one lot"})

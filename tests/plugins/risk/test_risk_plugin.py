@@ -180,6 +180,14 @@ def test_kill_switch_command_cancels_and_flattens(bus) -> None:
     )  # fmt: skip
     assert flat[0].order.reduce_only
     assert b.of(RiskState)[-1].kill_switch is True
+    # again (no broker here: nothing was cancelled or filled yet): no second flattening
+    # order, and risk never cancels its own
+    again = json.loads(b.command("kill-switch", "on").body)
+    assert again["flatten"] == [
+        {"symbol": "BTCUSDT", "qty": SCALE * 3 // 10, "skipped": "already flattening"}
+    ]
+    assert len([m for m in b.of(OrderAccepted) if m.order.strategy_id == "risk"]) == 1
+    assert all(c.strategy_id == "s1" for c in b.of(OrderCancel))
     # the very next order is rejected
     nxt = b.decision(b.order())
     assert isinstance(nxt, OrderRejected) and nxt.rule == "kill_switch"
