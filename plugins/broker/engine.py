@@ -185,6 +185,7 @@ class PaperBroker:
             queue_position=cfg.queue_position, seed=cfg.seed,
         )  # fmt: skip
         self._prob = self.model.prob
+        self._join = self.model.join if kind == "touch" else None
         self._maker = rate_of(cfg.maker_fee_bps)
         self._taker = rate_of(cfg.taker_fee_bps)
         slip = rate_of(cfg.adverse_selection_bps)
@@ -195,6 +196,8 @@ class PaperBroker:
         self._mark_ns = round(cfg.mark_interval_ms * 1e6)
         self._inbox: deque[Msg] = deque()
         self._outbox: deque[tuple[str, Msg]] = deque()
+        self._emit: Callable[[str, Msg], None] = self._emit_later if self._resp_ns else publish
+        """Everything the venue says goes out through this (publish, or after the latency)."""
         self._stopping = False
         self.stats: dict[str, int] = dict.fromkeys(
             ("orders", "accepted", "rejected", "fills", "canceled", "expired",
@@ -225,24 +228,29 @@ class PaperBroker:
             return
         m.book = book
         m.valid = True
-        m.views = [None, None]
+        views = m.views
+        views[0] = views[1] = None
         bid, ask = book.bid_px, book.ask_px
         m.bid, m.ask = bid, ask
         m.mid = (bid + ask) // 2 if bid > 0 and ask > 0 else bid or ask
-        buys = m.buys
-        if buys.count or buys.nt:
+        buys, sells = m.buys, m.sells
+        b_on = buys.count or buys.nt
+        s_on = sells.count or sells.nt
+        if b_on and s_on:
+            buys.scan_both(sells, book.bids, book.asks)
+        elif b_on:
             buys.scan(book.bids)
-            if self._prob and buys.count:
-                self.model.cancels(buys)
-            if buys.best >= ask > 0:
-                self._cross(m, buys, book)
-        sells = m.sells
-        if sells.count or sells.nt:
+        elif s_on:
             sells.scan(book.asks)
-            if self._prob and sells.count:
+        if self._prob:
+            if buys.count:
+                self.model.cancels(buys)
+            if sells.count:
                 self.model.cancels(sells)
-            if sells.best <= bid:
-                self._cross(m, sells, book)
+        if buys.count and buys.best >= ask > 0:
+            self._cross(m, buys, book)
+        if sells.count and sells.best <= bid:
+            self._cross(m, sells, book)
         pos = m.pos
         if pos is not None and pos.qty:
             now = self._now()
@@ -378,12 +386,14 @@ class PaperBroker:
         self.stats["accepted"] += 1
         self.working[key] = order
         self._emit("exec.report", order.update("", req.ts_recv_ns, self._now()))
-        if req.order_type == "post_only":
-            self._rest(m, order)
-            return
+        kind = req.order_type
+        limit = req.px if kind != "market" else 0
         buy = order.buy
+        if kind != "market" and (limit < m.ask or m.ask <= 0 if buy else limit > m.bid):
+            if req.tif == "GTC" or req.tif == "GTD" or kind == "post_only":
+                self._rest(m, order)  # a passive order: nothing to take
+                return
         fok = req.tif == "FOK"
-        limit = req.px if req.order_type == "limit" else 0
         got = 0
         if not limit or (0 < m.ask <= limit if buy else limit <= m.bid):  # it takes
             other = m.sells if buy else m.buys
@@ -414,11 +424,18 @@ class PaperBroker:
         self._rest(m, order)
 
     def _rest(self, m: Market, order: Order) -> None:
-        """Put a (remainder of a) limit order in its price level's queue."""
-        shown = displayed_at(m.levels(order.buy), order.px, order.buy)
-        side = m.buys if order.buy else m.sells
-        left = shown if shown >= UNKNOWN else max(side.available(order.px, shown), 0)
-        side.add(order, shown, self.model.join(left))  # behind what is there, less our take
+        """Put a (remainder of a) limit order in its price level's queue: behind what the
+        book shows at its price, less what we took from it."""
+        buy = order.buy
+        view = m.views[0 if buy else 1] or m.levels(buy)
+        shown = view[2].get(order.px)
+        if shown is None:
+            shown = displayed_at(view, order.px, buy)
+        side = m.buys if buy else m.sells
+        ahead = shown
+        if side.nt and shown < UNKNOWN:
+            ahead = max(side.available(order.px, shown), 0)
+        side.add(order, shown, self._join(ahead) if self._join else ahead)
         if order.req.tif == "GTD":
             order.timer = self._call_at(order.req.expire_at_ns, self._expire, order)
 
@@ -560,12 +577,10 @@ class PaperBroker:
 
     # ------------------------------------------------------------------ output
 
-    def _emit(self, topic: str, msg: Msg) -> None:
-        if self._resp_ns and not self._stopping:
-            self._outbox.append((topic, msg))
-            self._call_at(self._now() + self._resp_ns, self._send_one)
-        else:
-            self._publish(topic, msg)
+    def _emit_later(self, topic: str, msg: Msg) -> None:
+        """``_emit`` with a response latency: out after it, in order."""
+        self._outbox.append((topic, msg))
+        self._call_at(self._now() + self._resp_ns, self._send_one)
 
     def _send_one(self) -> None:
         if self._outbox:
@@ -575,6 +590,7 @@ class PaperBroker:
         """The engine stops: what is in flight arrives and is reported now (the kernel cancels
         timers after stop), and from now on there is no simulated latency."""
         self._stopping = True
+        self._emit = self._publish
         while self._inbox:
             self._arrive()
         while self._outbox:

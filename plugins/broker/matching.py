@@ -117,17 +117,21 @@ PX, CAP, SHOWN, DEC = 0, 1, 2, 3
 """Rows of a side's scan state (a ``(4, n + nt)`` int64 array)."""
 
 
+_DROPPED = 1 << 31
+"""In a scan's result: a taken price dropped to 0 (drop it at the next rebuild)."""
+
+
 @njit(cache=True, nogil=True)
-def _scan_side(packed: bytes, desc: bool, st: np.ndarray, n: int) -> int:
-    """One book side (``desc``: bids) against a side's scan state: columns ``[0, n)`` are our
-    level prices, ``[n, ...)`` the prices we took liquidity at, each group sorted best first.
+def _scan(a: np.ndarray, desc: bool, st: np.ndarray, n: int) -> int:
+    """One book side ``a`` (flat (price, qty) int64 pairs, best first, zero padded;
+    ``desc``: bids) against a side's scan state: columns ``[0, n)`` are our level prices,
+    ``[n, ...)`` the prices we took liquidity at, each group sorted best first.
 
     Our levels within the displayed range: ``CAP = min(CAP, displayed)``; ``DEC`` = how much
     the displayed quantity fell since ``SHOWN`` (0 if it did not, or ``SHOWN`` was unknown,
     < 0); ``SHOWN = displayed``. Beyond the displayed depth: left alone, ``DEC = -1``.
     Taken prices: ``CAP = min(CAP, displayed)``, 0 once no longer displayed. Returns how
-    many of our levels fell, plus ``1 << 32`` if a taken price dropped to 0."""
-    a = np.frombuffer(packed, dtype=np.int64)
+    many of our levels fell, ``| _DROPPED`` if a taken price dropped to 0."""
     m = a.shape[0] // 2
     mv = 0
     while mv < m and a[2 * mv] > 0:
@@ -146,7 +150,7 @@ def _scan_side(packed: bytes, desc: bool, st: np.ndarray, n: int) -> int:
                 st[DEC, k] = -1
             elif st[CAP, k] > 0:
                 st[CAP, k] = 0
-                dropped = 1
+                dropped = _DROPPED
             continue
         if desc:
             while j < mv and a[2 * j] > p:
@@ -158,7 +162,7 @@ def _scan_side(packed: bytes, desc: bool, st: np.ndarray, n: int) -> int:
         if q < st[CAP, k]:
             st[CAP, k] = q
             if q == 0 and k >= n:
-                dropped = 1
+                dropped = _DROPPED
         if k < n:
             s = st[SHOWN, k]
             if 0 <= q < s:
@@ -167,20 +171,40 @@ def _scan_side(packed: bytes, desc: bool, st: np.ndarray, n: int) -> int:
             else:
                 st[DEC, k] = 0
             st[SHOWN, k] = q
-    return fell | (dropped << 32)
+    return fell | dropped
 
 
-_SCAN_SIG = types.int64(
-    types.Bytes(types.uint8, 1, "C", readonly=True), types.boolean,
-    types.Array(types.int64, 2, "C"), types.int64,
-)  # fmt: skip
+@njit(cache=True, nogil=True)
+def _scan_side(packed: bytes, desc: bool, st: np.ndarray, n: int) -> int:
+    """:func:`_scan` on ``Levels`` bytes, viewed in place."""
+    return _scan(np.frombuffer(packed, dtype=np.int64), desc, st, n)
+
+
+@njit(cache=True, nogil=True)
+def _scan_book(
+    bids: bytes, asks: bytes, stb: np.ndarray, nb: int, sta: np.ndarray, na: int
+) -> int:
+    """Both sides in one call (one dispatch instead of two): bids' result in the low 32
+    bits, asks' in the high."""
+    rb = _scan(np.frombuffer(bids, dtype=np.int64), True, stb, nb)
+    ra = _scan(np.frombuffer(asks, dtype=np.int64), False, sta, na)
+    return rb | (ra << 32)
+
+
+_BYTES = types.Bytes(types.uint8, 1, "C", readonly=True)
+_ST = types.Array(types.int64, 2, "C")
+_SIGS = (
+    (_scan_side, types.int64(_BYTES, types.boolean, _ST, types.int64)),
+    (_scan_book, types.int64(_BYTES, _BYTES, _ST, types.int64, _ST, types.int64)),
+)
 
 
 @functools.cache
 def warmup() -> None:
-    """Compile (or load from numba's on-disk cache) the scan kernel for its one signature."""
-    _scan_side.compile(_SCAN_SIG)
-    _scan_side.disable_compile()
+    """Compile (or load from numba's on-disk cache) the scan kernels, one signature each."""
+    for kernel, sig in _SIGS:
+        kernel.compile(sig)
+        kernel.disable_compile()
 
 
 class Level:
@@ -233,7 +257,7 @@ class SideBook:
             if (px > self.best) if self.buy else (px < self.best):
                 self.best = px
         else:
-            self.settle(lv)  # the cap since the last book binds the orders already there
+            self.settle(lv, True)  # the cap since the last book binds those already there
         order.ahead = ahead
         order.level = lv
         lv.orders.append(order)
@@ -256,26 +280,42 @@ class SideBook:
                     else (-1 if self.buy else UNKNOWN)
                 )  # fmt: skip
 
-    def settle(self, lv: Level) -> None:
-        """Apply the level's pending cap (the risk-averse ``min``) to its orders."""
+    def settle(self, lv: Level, reset: bool = False) -> None:
+        """Apply the level's pending cap (the risk-averse ``min``) to its orders. ``reset``
+        before a new order joins (the cap does not bind it); otherwise the cap may stay:
+        applying it again later is a no-op, as trades only lower what is ahead."""
         i = lv.idx
         if i < 0:
             return
-        cap = int(self.st[CAP, i])
+        cap = self.st.item(CAP, i)
         if cap < UNKNOWN:
             for o in lv.orders:
                 if o.ahead > cap:
                     o.ahead = cap
-            self.st[CAP, i] = UNKNOWN
+            if reset:
+                self.st[CAP, i] = UNKNOWN
 
     def scan(self, packed: bytes) -> int:
         """A new book of this side (see :func:`_scan_side`); how many of our levels fell."""
         if self.dirty:
             self._rebuild(None)
         got = int(_scan_side(packed, self.buy, self.st, self.n))
-        if got >> 32:  # a taken price is no longer counted: drop it at the next rebuild
+        if got & _DROPPED:  # a taken price is no longer counted: drop it at the next rebuild
             self.dirty = True
-        return got & 0xFFFFFFFF
+        return got & (_DROPPED - 1)
+
+    def scan_both(self, asks: SideBook, bids_packed: bytes, asks_packed: bytes) -> None:
+        """A new book for this (bid) side and ``asks``, each with something to scan: one
+        compiled call instead of two."""
+        if self.dirty:
+            self._rebuild(None)
+        if asks.dirty:
+            asks._rebuild(None)
+        got = _scan_book(bids_packed, asks_packed, self.st, self.n, asks.st, asks.n)
+        if got & _DROPPED:
+            self.dirty = True
+        if (got >> 32) & _DROPPED:
+            asks.dirty = True
 
     def ordered(self) -> list[Level]:
         """Our levels, best first."""

@@ -204,15 +204,21 @@ class BaselineBroker:
     def on_accepted(self, msg: OrderAccepted) -> None:
         req = msg.order
         key = (req.strategy_id, req.client_order_id)
-        if key in self.ids or req.qty <= 0 or req.px <= 0 or self.book is None:
-            raise ValueError("the bench sends only good orders")
+        # the same checks as tickbus (the bench sends only good limit GTC orders)
+        book = self.book
+        bad = (
+            not req.client_order_id or not req.strategy_id or key in self.ids or req.qty <= 0
+            or req.px <= 0 or req.order_type != "limit" or req.tif != "GTC" or req.replaces
+            or book is None or not book.valid
+        )  # fmt: skip
+        if bad:
+            raise ValueError("the bench sends only good limit GTC orders")
         self.ids.add(key)
         o = BOrder(req)
         self.orders[key] = o
         self.publish("exec.report", self.update(o, req.ts_recv_ns))
         other = self.side(not o.buy)
         taken_other = self.taken[1 if o.buy else 0]
-        book = self.book
         for px, q in self.take(other[1], taken_other, o.leaves, o.px, o.buy):
             taken_other[px] = taken_other.get(px, 0) + q
             self.fill(o, px, q, False, book.ts_exchange_ns, req.ts_recv_ns)
@@ -347,6 +353,10 @@ def _py_scan(self: SideBook, packed: bytes) -> int:
 class PyScanSideBook(SideBook):
     __slots__ = ()
     scan = _py_scan
+
+    def scan_both(self, asks: SideBook, bids_packed: bytes, asks_packed: bytes) -> None:
+        self.scan(bids_packed)
+        asks.scan(asks_packed)
 
 
 def _no_timer(*args: Any) -> None:
