@@ -449,11 +449,18 @@ def tickbus_start(ctx: PluginContext) -> None:
     if cfg.risk_gateway:
         endpoint = cfg.risk_gateway.replace("{runtime_dir}", str(ctx.runtime_dir))
         if endpoint.startswith("ipc://"):
-            runtime.ensure_private_dir(
-                Path(endpoint[len("ipc://") :]).parent,
-                check=cfg.check_gateway_dir,
-                what=f"plugins.{ctx.name}.risk_gateway: directory",
-            )
+            try:
+                runtime.ensure_private_dir(
+                    Path(endpoint[len("ipc://") :]).parent,
+                    check=cfg.check_gateway_dir,
+                    what=f"plugins.{ctx.name}.risk_gateway: directory",
+                )
+            except TickbusError as err:  # point at this plugin's switch, not the kernel's
+                raise TickbusError(
+                    str(err).replace(
+                        "[kernel] check_runtime_dir", f"[plugins.{ctx.name}] check_gateway_dir"
+                    )
+                ) from None
         try:
             risk.gateway = GatewayClient(
                 endpoint, cfg.gateway_timeout_ms / 1e3, ctx.loop, risk._verdict,

@@ -271,12 +271,15 @@ def test_reducing_state_from_the_operator(bus) -> None:
         ({"max_orders_per_second": 0.0}, "plugins.risk.max_orders_per_second"),
         ({"risk_gateway": "http://x"}, "plugins.risk.risk_gateway"),
         ({"filters_file": "nope.json"}, "plugins.risk.filters_file"),
+        # a directory others may write to: anyone could put a gateway there
+        ({"risk_gateway": "ipc:///tmp/tickbus-test-gw"}, "plugins.risk.risk_gateway"),
     ],
 )
 def test_config_errors_name_the_key(start_kernel, risk: dict[str, Any], key: str) -> None:
     with pytest.raises(TickbusError) as err:
         start_kernel({"plugins": {"risk": risk}})
     assert key in str(err.value)
+    assert "[kernel]" not in str(err.value)  # the switch to name is the plugin's own
 
 
 # --------------------------------------------------------------------------- replay
