@@ -214,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
     endpoint = args.endpoint or default_endpoint(args.config)
     cfg = _config(args.config)
     keys = Path(args.keys) if args.keys else None
-    connector = Connector.for_endpoints(cfg, {"--endpoint": endpoint}, keys)
+    label = "--endpoint" if args.endpoint else "bus.tap"
+    connector = Connector.for_endpoints(cfg, {label: endpoint}, keys)
     if endpoint.startswith("ipc://") and not os.path.exists(endpoint[6:]):
         print(f"tickbus sniff: waiting for {endpoint} (is tickbus running?)", file=sys.stderr)
     codec = Codec()
