@@ -215,6 +215,8 @@ class Risk:
         if type(pos) is not Position:
             self._bad_message("pos.", pos)
             return
+        if pos.symbol not in self.engine.syms:
+            return  # the broker's "total" (a sum of the others), or nothing risk let through
         self.positions[pos.symbol] = pos
         trip = self.breaker.on_position(pos)
         if trip and self.engine.state != "halted":

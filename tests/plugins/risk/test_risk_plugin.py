@@ -342,3 +342,69 @@ def test_status_fragment_and_periodic_state(bus) -> None:
     n = len(b.of(RiskState))
     wait_for(lambda: len(b.of(RiskState)) >= n + 3)  # every 50 ms of clock time
     assert b.of(RiskState)[-1].open_orders == 1
+
+
+# --------------------------------------------------------------------------- with the broker
+
+
+class Trader(Strategy):
+    """Every 5th valid book: a market order (buy/sell in turn), a passive limit at the touch,
+    and a cancel of the oldest working order - fills, partial fills and cancels for risk."""
+
+    Config = StrategyConfig
+    n = 0
+
+    def on_book(self, book: BookTop) -> None:
+        if not book.valid:
+            return
+        self.n += 1
+        if self.n % 5:
+            return
+        side = "buy" if self.n % 10 else "sell"
+        qty = self.to_qty("0.002") if side == "buy" else self.to_qty("0.001")
+        self.submit(book.symbol, side, qty, order_type="market", tif="IOC")
+        px = book.bid_px if side == "buy" else book.ask_px
+        self.submit(book.symbol, side, self.to_qty("0.001"), px=px)
+        if len(self.orders) > 6:
+            self.cancel(next(iter(self.orders)))
+
+
+def test_risk_state_follows_the_paper_broker(rt: Path) -> None:
+    """On real data through the real broker, risk's position (from fills) and working orders
+    (from reports) equal the broker's, and its PnL is the broker's (pos.total not counted)."""
+    last: dict[str, Any] = {}
+    reports: dict[str, str] = {}
+
+    class watch:
+        @staticmethod
+        @hookimpl
+        def tickbus_setup(ctx: PluginContext) -> None:
+            ctx.subscribe("pos.", lambda p: last.__setitem__(p.symbol, p))
+            ctx.subscribe("exec.report", lambda u: reports.__setitem__(u.client_order_id,
+                                                                       u.status))  # fmt: skip
+
+    raw = {
+        "kernel": {"clock": "replay", "status_interval_s": 0, "runtime_dir": str(rt)},
+        "plugins": {
+            "book": {"market": "spot", "depth": 20},
+            "replay_feed": {"speed": 0.0, "exit_at_end": True},
+            "risk": {"max_rejects": 0, "price_band_bps": 0.0},
+            "paper_broker": {"publish_total": True, "mark_interval_ms": 0.0},
+            "trader": {"plugin": "trader", "symbols": ["BTCUSDT"]},
+            "watch": {},
+        },
+    }
+    k = Kernel(parse_config(raw, "bt.toml"), extra_plugins={"trader": strategy_plugin(Trader),
+                                                            "watch": watch})  # fmt: skip
+    assert k.run(handle_signals=False) == 0
+    risk = k.contexts["risk"].component
+    s = risk.engine.syms["BTCUSDT"]
+    pos = last["BTCUSDT"]
+    assert pos.fills > 50 and pos.qty != 0
+    assert s.pos == pos.qty
+    final = {"filled", "canceled", "expired", "rejected"}
+    open_ = {cid for cid, st in reports.items() if st not in final}
+    assert {cid for _sid, cid in risk.engine.working} == open_
+    assert s.open_buy + s.open_sell == sum(w.leaves for w in risk.engine.working.values())
+    assert risk.breaker.total == pos.realized_pnl + pos.unrealized_pnl - pos.fees
+    assert "total" in last  # the broker did publish the sum: risk must not add it again
