@@ -96,16 +96,6 @@ def _fits(path: str) -> bool:
     return len(path.encode()) <= IPC_PATH_MAX
 
 
-def _base36(n: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        n, r = divmod(n, 36)
-        out = digits[r] + out
-        if not n:
-            return out
-
-
 def _check_ipc_length(path: str, endpoint: str, what: str) -> None:
     if not _fits(path):
         raise TickbusError(
@@ -181,7 +171,7 @@ class _Binder:
             seq = self._seq
         # The path limit applies to the private name too: the shortest that fits, else (a
         # path within 2 bytes of the limit) the final name, guarded by the dir's mode only.
-        names = (f".{_base36(os.getpid())}.{seq}", f".{seq}")
+        names = (f".{os.getpid():x}.{seq}", f".{seq}")
         tmp = next((t for t in (str(parent / n) for n in names) if _fits(t)), path)
         try:
             sock.bind(f"ipc://{tmp}")
