@@ -17,20 +17,25 @@ give equal output (every ``BookTop``, ``Trade``, ``BookTicker``) - the run stops
 
 What is measured (per-call ``perf_counter_ns`` samples; per run p50/p90/p99, then the median
 over the runs and the range of the per-run p50s as a noise indicator; ``tickbus/baseline``
-rows divide tickbus's figure by the baseline's: < 1 means tickbus takes less time):
+rows divide tickbus's figure by the baseline's: < 1 means tickbus takes less time). Each
+implementation replays the capture's events on its own, with its own cache state as in
+production, and the replays alternate (A B, then B A, ...) so both see the same machine
+conditions. (Interleaving per frame was tried: the other implementation's data then evicts
+the book from the cache, which doubled tickbus's p50 on USD-M ETHUSDT and not the baseline's.)
 
 * **frame -> BookTop**: raw depth frame bytes in, the ``BookTop`` (top N per side packed,
   best bid/ask, update id, valid) out: parse, sync checks, apply, top-N, build the message.
-  No bus. The two run interleaved per frame (order alternating), each with its own book
-  synced from the real snapshot at the start of each replay.
+  No bus. Each replay starts from a book synced from the real snapshot; the BookTops of
+  both must be equal on every frame.
 * **diff apply**: one already-parsed depth event applied to a live book: tickbus
   ``OrderBook.apply_levels`` (packed ``Levels`` bytes, what the book plugin calls) vs. the
-  baseline's ``BaselineBook.apply`` (lists of exact int pairs). Interleaved per event,
-  rotating order. Two more tickbus rows (raw kernel forced level-wise / forced merge) show
-  why ``MERGE_MIN`` exists.
+  baseline's ``BaselineBook.apply`` (lists of exact int pairs). Two more tickbus rows (raw
+  kernel forced level-wise / forced merge) show why ``MERGE_MIN`` exists.
 * **parse**: one depth frame to exact integer levels: ``FrameParser.parse`` (-> ``DepthDiff``)
   vs. the baseline's msgspec decode + exact int conversion; msgspec's typed decode alone and
   tickbus's general (msgspec + numba) path for scale.
+
+Every row is split by the event's level count (all, <= 20, 21-499, >= 500; bids + asks).
 """
 
 from __future__ import annotations
@@ -163,33 +168,38 @@ def _by_size(rows: list[Series]) -> list[Series]:
 # --------------------------------------------------------------------------- benches
 
 
-def bench_pipeline(cap: Capture, repeat: int, top_n: int, market: Market) -> list[Series]:
-    """Frame bytes -> BookTop per depth frame, tickbus and baseline interleaved per frame."""
-    ra = Series("frame->BookTop", f"tickbus: FrameParser + BookSync + top{top_n} + BookTop")
-    rb = Series("frame->BookTop", f"baseline: msgspec, exact int, bisect/dict, top{top_n}, BookTop")
-    ra.role, rb.role = "tickbus", "baseline"
+def _order(n: int, turn: int) -> list[int]:
+    """Indexes 0..n-1 rotated by ``turn``: who goes first changes every replay."""
+    return [(i + turn) % n for i in range(n)]
+
+
+def bench_pipeline(
+    cap: Capture, repeat: int, top_n: int, market: Market, turn: int
+) -> list[Series]:
+    """Frame bytes -> BookTop per depth frame; tickbus and baseline replay alternately."""
+    rows = [
+        Series("frame->BookTop", f"tickbus: FrameParser + BookSync + top{top_n} + BookTop"),
+        Series("frame->BookTop", f"baseline: msgspec, exact int, bisect/dict, top{top_n}, BookTop"),
+    ]
+    rows[0].role, rows[1].role = "tickbus", "baseline"
+    makers: list[type[TickbusFeedBook] | type[BaselineFeed]] = [TickbusFeedBook, BaselineFeed]
     sizes = [nlevels(d) for d in cap.diffs]
     for r in range(repeat):
-        tb, base = TickbusFeedBook(market, top_n), BaselineFeed(market, top_n)
-        assert tb.on_rest(cap.snapshot_body, cap.symbol, 0) is not None
-        assert base.on_rest(cap.snapshot_body, cap.symbol, 0) is not None
-        a, b = tb.on_frame, base.on_frame
-        for i, f in enumerate(cap.frames):
-            if (i + r) % 2:
-                top_a = timed(ra, a, f, 1)
-                top_b = timed(rb, b, f, 1)
-            else:
-                top_b = timed(rb, b, f, 1)
-                top_a = timed(ra, a, f, 1)
-            if top_a != top_b:
-                raise SystemExit(f"frame {i}: tickbus and baseline BookTop differ")
-        ra.sizes += sizes
-        rb.sizes += sizes
-    return _by_size([ra, rb])
+        outs: dict[int, list[object]] = {}
+        for j in _order(2, turn + r):
+            feed = makers[j](market, top_n)
+            assert feed.on_rest(cap.snapshot_body, cap.symbol, 0) is not None
+            on_frame, row = feed.on_frame, rows[j]
+            outs[j] = [timed(row, on_frame, f, 1) for f in cap.frames]
+            row.sizes += sizes
+        if outs[0] != outs[1]:
+            raise SystemExit("frame->BookTop: tickbus and baseline BookTops differ")
+    return _by_size(rows)
 
 
-def bench_apply(cap: Capture, repeat: int) -> list[Series]:
-    """Diff apply on a live book, per event, tickbus vs. baseline (+ kernel rows), rotating."""
+def bench_apply(cap: Capture, repeat: int, turn: int) -> list[Series]:
+    """Diff apply on a live book, per event: tickbus vs. baseline (+ kernel rows), each
+    replaying all events on its own, in rotating order."""
     rows = [
         Series("diff apply", "tickbus: OrderBook.apply_levels(Levels bytes)", "tickbus"),
         Series("diff apply", "baseline: BaselineBook.apply(exact int pairs)", "baseline"),
@@ -200,44 +210,49 @@ def bench_apply(cap: Capture, repeat: int) -> list[Series]:
     fx = Fixed(*snap.bids[0])
     base_snap = (fx.pairs(snap.bids), fx.pairs(snap.asks, True))
     base_levels = [(fx.pairs(ev.b), fx.pairs(ev.a, True)) for ev in cap.events]
+    packed = [(d.bids, d.asks) for d in cap.diffs]
     views = [
         (np.frombuffer(d.bids, _I8).reshape(-1, 2), np.frombuffer(d.asks, _I8).reshape(-1, 2))
         for d in cap.diffs
     ]
     sizes = [nlevels(d) for d in cap.diffs]
-    for _ in range(repeat):
-        # the raw-kernel rows skip the capacity-growth wrapper: size those books up front
-        b1, b3, b4 = OrderBook(), OrderBook(depth_hint=1 << 16), OrderBook(depth_hint=1 << 16)
-        for bk in (b1, b3, b4):
-            bk.apply_snapshot(cap.snapshot.bids, cap.snapshot.asks)
-        base = BaselineBook()
-        base.snapshot(*base_snap)
-        for i, d in enumerate(cap.diffs):
-            vb, va = views[i]
-            calls: list[tuple[Any, ...]] = [
-                (b1.apply_levels, d.bids, d.asks),
-                (base.apply, *base_levels[i]),
-                (ob._apply, b3._buf, vb, va, 1 << 40),
-                (ob._apply, b4._buf, vb, va, 1),
-            ]
-            # rotate who goes first: the first call of an event pays for pulling its levels
-            # into the cache, which would otherwise always penalise the same row
-            r = i % len(calls)
-            for j in list(range(r, len(calls))) + list(range(r)):
-                rc = timed(rows[j], *calls[j])
-                if j >= 2 and rc not in (0, -1):
+
+    def tickbus_book(hint: int = 4096) -> OrderBook:
+        book = OrderBook(depth_hint=hint)
+        book.apply_snapshot(cap.snapshot.bids, cap.snapshot.asks)
+        return book
+
+    def run(j: int) -> list[tuple[int, int]]:
+        """Replay every event on a fresh book with variant ``j``; its final bids."""
+        row = rows[j]
+        if j == 1:
+            base = BaselineBook()
+            base.snapshot(*base_snap)
+            for lv in base_levels:
+                timed(row, base.apply, *lv)
+            return [(k, base.bq[k]) for k in reversed(base.bk)]
+        if j == 0:
+            book = tickbus_book()
+            for lv in packed:
+                timed(row, book.apply_levels, *lv)
+        else:  # the raw kernel skips the capacity-growth wrapper: a book big enough
+            book = tickbus_book(1 << 16)
+            buf, merge_min = book._buf, 1 << 40 if j == 2 else 1
+            for vb, va in views:
+                if timed(row, ob._apply, buf, vb, va, merge_min) not in (0, -1):
                     raise SystemExit("bench books need a larger depth_hint")
+        return [(p, q) for p, q in book.levels("bid").tolist()]
+
+    for r in range(repeat):
+        ends = [run(j) for j in _order(len(rows), turn + r)]
         for row in rows:
             row.sizes += sizes
-        # every book must agree, or the comparison is meaningless
-        ref = [(k, base.bq[k]) for k in reversed(base.bk)]
-        for bk in (b1, b3, b4):
-            if [tuple(x) for x in bk.levels("bid").tolist()] != ref:
-                raise SystemExit("diff apply: the books disagree at the end of the replay")
+        if any(e != ends[0] for e in ends):  # or the comparison is meaningless
+            raise SystemExit("diff apply: the books disagree at the end of the replay")
     return _by_size(rows)
 
 
-def bench_parse(cap: Capture, repeat: int) -> list[Series]:
+def bench_parse(cap: Capture, repeat: int, turn: int) -> list[Series]:
     parser = FrameParser()
     rows = [
         Series("parse depth frame", "tickbus: FrameParser.parse (one numba pass)", "tickbus"),
@@ -251,13 +266,17 @@ def bench_parse(cap: Capture, repeat: int) -> list[Series]:
         ev = decode_depth(f).data
         return fx.pairs(ev.b), fx.pairs(ev.a, True)
 
-    for _ in range(repeat):
-        for i, f in enumerate(cap.frames):
-            calls = [(parser.parse, f, 0), (base_parse, f), (decode_depth, f)]
-            calls.append((parser._parse_general, f, 0))
-            r = i % 4
-            for j in (r, (r + 1) % 4, (r + 2) % 4, (r + 3) % 4):
-                timed(rows[j], *calls[j])
+    fns: list[Callable[..., object]] = [parser.parse, base_parse, decode_depth]
+    fns.append(parser._parse_general)
+    for r in range(repeat):
+        for j in _order(len(rows), turn + r):
+            fn, row = fns[j], rows[j]
+            if j in (0, 3):
+                for f in cap.frames:
+                    timed(row, fn, f, 0)
+            else:
+                for f in cap.frames:
+                    timed(row, fn, f)
     return rows
 
 
@@ -271,6 +290,17 @@ def bench_timer() -> Series:
 # --------------------------------------------------------------------------- output
 
 _FIGS = ("p50_us", "p90_us", "p99_us", "mean_us")
+LEGEND = (
+    "frame->BookTop: raw depth frame bytes in, BookTop out (parse, sync checks, apply, top N"
+    " packed, best bid/ask,",
+    "  the message built); no bus; each replays the capture alone, replays alternate A B, B A",
+    "diff apply: an already-parsed event applied to a live book (tickbus: Levels bytes;"
+    " baseline: exact int",
+    "  pairs); no parse, no top N",
+    "parse depth frame: frame bytes to exact integer levels (tickbus: a DepthDiff; baseline:"
+    " lists of int pairs)",
+    "tickbus/baseline: tickbus's figure divided by the baseline's (< 1: tickbus takes less time)",
+)
 
 
 def combine(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -349,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.runs, args.repeat = 3, 1
     paths = args.capture or default_capture()
+    missing = [str(f) for f in paths if not Path(f).is_file()]
+    if missing:
+        raise SystemExit(f"no such capture file: {', '.join(missing)}")
     cmd = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     print(f"# command: python -m tickbus.tools.bench.bench_book {cmd}".rstrip())
 
@@ -372,18 +405,24 @@ def main(argv: list[str] | None = None) -> int:
         f" frames ({counts['book_tops']:,} BookTop top{args.top}, {counts['trades']:,} Trade, "
         f"{counts['tickers']:,} BookTicker) in {time.perf_counter() - t0:.1f} s"
     )
+    # the capture held in memory is the benchmark's, not the code's: keep the collector from
+    # walking it on every full collection (it would bill whoever allocates most, the baseline)
+    gc.collect()
+    gc.freeze()
     print(f"# {args.runs} runs x {args.repeat} replays; load average before: {_load()}")
     runs = []
-    for _ in range(args.runs):
+    for run in range(args.runs):
         gc.collect()
         series = [bench_timer()]
-        series += bench_pipeline(cap, args.repeat, args.top, args.market)
-        series += bench_apply(cap, args.repeat)
-        series += bench_parse(cap, args.repeat)
+        series += bench_pipeline(cap, args.repeat, args.top, args.market, run)
+        series += bench_apply(cap, args.repeat, run)
+        series += bench_parse(cap, args.repeat, run)
         runs.append([s.row() for s in series])
     rows = ratios(combine(runs))
     print(f"# load average after: {_load()}")
     print("# figures in us; medians over the runs of per-run percentiles; p50 range over runs")
+    for line in LEGEND:
+        print(f"#   {line}")
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

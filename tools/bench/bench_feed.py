@@ -13,13 +13,14 @@ side, top-N sliced from the end, Binance's sync rules, the same ``BookTop``/``Tr
 give equal output, or the run stops. Every ratio is ``tickbus / baseline`` of the figure in
 its row: for latencies < 1 means tickbus is faster, for frames/s > 1 does.
 
-1. **frame -> md.book**, per depth frame, in-lane: a driver plugin in the hot lane takes the
-   raw frame bytes, parses them (``FrameParser``, as the feeds do) and publishes
+1. **frame -> md.book**, per depth frame: tickbus in-lane - a driver plugin in the hot lane
+   takes the raw frame bytes, parses them (``FrameParser``, as the feeds do) and publishes
    ``md.depth``; the ``book`` plugin syncs, applies, takes the top N and publishes
-   ``md.book``; a subscriber in the same lane stops the clock. The baseline runs on the same
-   thread, interleaved per frame (order alternating), from frame bytes to its ``BookTop``
-   (no bus; the two BookTops are compared on every frame). Every frame of the capture is fed
-   to both (trades and tickers untimed), so caches see the real mix.
+   ``md.book``; a subscriber in the same lane stops the clock. The baseline: frame bytes to
+   its ``BookTop`` (no bus). Every frame of the capture goes through both (trades and
+   tickers untimed), so caches see the real mix; each pass replays the whole capture alone
+   (its own cache state), passes alternate (A B, then B A), and the md.book BookTops must
+   equal the baseline's on every frame.
 2. **replay throughput, feed + book**, frames/s over the whole capture (every frame: depth,
    trades, book tickers, the REST snapshot), first frame to last:
 
@@ -74,6 +75,13 @@ def summary(xs: list[float]) -> dict[str, float]:
     }
 
 
+def _freeze() -> None:
+    """Frames read beforehand are the benchmark's, not the code's: keep the collector from
+    walking them on every full collection (it would bill whoever allocates most)."""
+    gc.collect()
+    gc.freeze()
+
+
 def _symbol(frames: list[Frame]) -> str:
     return next(s for _, kind, s, _ in frames if kind == "rest" and s)
 
@@ -81,17 +89,25 @@ def _symbol(frames: list[Frame]) -> str:
 # ----------------------------------------------------------------------------- 1. latency
 
 
-def bench_latency(files: list[Path], runs: int, depth: int, market: str) -> dict[str, Any]:
+def bench_latency(records: list[Frame], runs: int, depth: int, market: Market) -> dict[str, Any]:
     from tickbus.kernel import hookimpl
     from tickbus.kernel.app import Kernel
     from tickbus.kernel.config import parse_config
-    from tickbus.plugins.binance.capture import read_frames
     from tickbus.plugins.binance.parse import FrameParser, topic_of
 
     from .baseline_book import BaselineFeed
 
-    records = list(read_frames(*files))
+    sym = _symbol(records)
+    levels = [  # bids + asks of each depth frame, in order
+        len(d.bids) // 16 + len(d.asks) // 16  # type: ignore[union-attr]
+        for d in (
+            FrameParser().parse(p, 0)
+            for _, kind, _, p in records
+            if kind == "ws" and p.find(b"depthUpdate", 0, 160) >= 0
+        )
+    ]
     samples: dict[str, list[tuple[int, int]]] = {"tickbus": [], "baseline": []}  # (ns, levels)
+    clock = time.perf_counter_ns
 
     class driver:
         @staticmethod
@@ -100,13 +116,14 @@ def bench_latency(files: list[Path], runs: int, depth: int, market: str) -> dict
             state: dict[str, Any] = {"got": 0, "top": None}
 
             def on_book(msg: Any) -> None:
-                state["got"] = time.perf_counter_ns()
+                state["got"] = clock()
                 state["top"] = msg
 
             ctx.subscribe("md.book.", on_book)
             return state
 
-    for run in range(runs):
+    def tickbus_pass() -> list[Any]:
+        """One kernel, every record through the driver; md.book of each depth frame."""
         rt = tempfile.mkdtemp(prefix="tb", dir="/tmp")
         cfg = parse_config(
             {
@@ -117,60 +134,65 @@ def bench_latency(files: list[Path], runs: int, depth: int, market: str) -> dict
         )
         k = Kernel(cfg, extra_plugins={"driver": driver})
         k.start()
-        lane = k.lanes["main"]
         ctx = k.contexts["driver"]
+        tops: list[Any] = []
 
-        def feed_all(ctx: Any = ctx, run: int = run) -> None:
+        def feed_all() -> None:
             parser = FrameParser()
-            base = BaselineFeed(market, depth)  # type: ignore[arg-type]
             publish = ctx.publish
             state = ctx.component
-            clock = time.perf_counter_ns
             topics: dict[tuple[type, str], str] = {}
-            mine, theirs = samples["tickbus"], samples["baseline"]
-
-            def tickbus(payload: bytes, ts: int) -> Any:
+            out = samples["tickbus"]
+            for ts, kind, symbol, payload in records:
+                if kind == "rest":
+                    publish(f"md.depth.{symbol}", parser.parse_snapshot(payload, symbol, ts))
+                    continue
+                if kind != "ws":
+                    continue
+                depth_frame = payload.find(b"depthUpdate", 0, 160) >= 0
+                state["got"], state["top"] = 0, None
+                t0 = clock()
                 msg = parser.parse(payload, ts)
                 key = (type(msg), msg.symbol)
                 topic = topics.get(key) or topics.setdefault(key, topic_of(msg))
                 publish(topic, msg)
-                return msg
+                if depth_frame:
+                    if state["got"]:
+                        out.append((state["got"] - t0, levels[len(tops)]))
+                    tops.append(state["top"])
 
-            for i, (ts, kind, symbol, payload) in enumerate(records):
-                if kind == "rest":
-                    publish(f"md.depth.{symbol}", parser.parse_snapshot(payload, symbol, ts))
-                    base.on_rest(payload, symbol or "", ts)
-                    continue
-                if kind != "ws":
-                    continue
-                if payload.find(b"depthUpdate", 0, 160) < 0:  # untimed: trades, tickers
-                    tickbus(payload, ts)
-                    base.on_frame(payload, ts)
-                    continue
-                state["got"] = 0
-                state["top"] = None
-                if (i + run) % 2:
-                    t0 = clock()
-                    msg = tickbus(payload, ts)
-                    t1 = clock()
-                    top = base.on_frame(payload, ts)
-                    t2 = clock()
-                    mine_ns, base_ns = state["got"] - t0, t2 - t1
-                else:
-                    t0 = clock()
-                    top = base.on_frame(payload, ts)
-                    t1 = clock()
-                    msg = tickbus(payload, ts)
-                    mine_ns, base_ns = state["got"] - t1, t1 - t0
-                if top != state["top"]:
-                    raise SystemExit(f"frame {i}: md.book {state['top']!r} != baseline {top!r}")
-                if state["got"]:
-                    n = len(msg.bids) // 16 + len(msg.asks) // 16
-                    mine.append((mine_ns, n))
-                    theirs.append((base_ns, n))
-
-        lane.call(feed_all, timeout=600)
+        k.lanes["main"].call(feed_all, timeout=600)
         k.stop()
+        return tops
+
+    def baseline_pass() -> list[Any]:
+        """The same records through the baseline; its BookTop of each depth frame."""
+        base = BaselineFeed(market, depth)
+        tops: list[Any] = []
+        out = samples["baseline"]
+        for ts, kind, symbol, payload in records:
+            if kind == "rest":
+                base.on_rest(payload, symbol or sym, ts)
+                continue
+            if kind != "ws":
+                continue
+            if payload.find(b"depthUpdate", 0, 160) < 0:
+                base.on_frame(payload, ts)
+                continue
+            t0 = clock()
+            top = base.on_frame(payload, ts)
+            t1 = clock()
+            if top is not None:
+                out.append((t1 - t0, levels[len(tops)]))
+            tops.append(top)
+        return tops
+
+    for run in range(runs):
+        # A B, then B A: both see the same machine conditions, each its own cache state
+        passes = [tickbus_pass, baseline_pass] if run % 2 == 0 else [baseline_pass, tickbus_pass]
+        got = {p.__name__: p() for p in passes}
+        if got["tickbus_pass"] != got["baseline_pass"]:
+            raise SystemExit("frame -> md.book: the book plugin's BookTops != the baseline's")
     out: dict[str, Any] = {}
     for who, pairs in samples.items():
         lat = [s / 1000 for s, _ in pairs]
@@ -200,7 +222,7 @@ def _timed_replay(
 
 
 def bench_inprocess(
-    files: list[Path], runs: int, depth: int, market: Market
+    files: list[Path], frames: list[Frame], runs: int, depth: int, market: Market
 ) -> dict[str, dict[str, list[float]]]:
     """frames/s per run: {source: {who: [...]}}, A B A B."""
     from tickbus.plugins.binance.capture import read_frames
@@ -208,7 +230,6 @@ def bench_inprocess(
     from .baseline_book import BaselineFeed, iter_capture_lines
     from .compare import TickbusFeedBook
 
-    frames = list(read_frames(*files))
     sym = _symbol(frames)
     rows: dict[str, dict[str, list[float]]] = {
         "memory": {"tickbus": [], "baseline": []},
@@ -236,6 +257,7 @@ def replay_child(files: list[str], source: str, market: str) -> None:
 
     real = replay_mod.read_frames
     pre = list(real(*files)) if source == "memory" else []
+    _freeze()
     clock: dict[str, float] = {}
 
     def timed_reader(*paths: Any, **kw: Any) -> Generator[Frame, None, None]:
@@ -323,19 +345,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", default="gz", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     files = [Path(f) for f in args.capture] if args.capture else default_capture()
+    missing = [str(f) for f in files if not Path(f).is_file()]
+    if missing:
+        raise SystemExit(f"no such capture file: {', '.join(missing)}")
     if args.role == "replay":
         replay_child([str(f) for f in files], args.source, args.market)
         return 0
     if args.quick:
         args.runs, args.kernel_runs = 3, 1
+    lat_runs = 2 if args.quick else args.runs  # quick: one pass each way (A B, B A)
     from tickbus.plugins.binance.capture import read_frames
 
     cmd = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     print(f"command : python -m tickbus.tools.bench.bench_feed {cmd}".rstrip())
     print(f"machine : nproc {os.cpu_count()}, CPython {platform.python_version()}, load {_load()}")
     print(f"capture : {', '.join(str(f) for f in files)}")
-    print(f"runs    : {args.runs} (latency, in-process), {args.kernel_runs} (kernel, per source)")
+    print(
+        f"runs    : {lat_runs} (latency passes each), {args.runs} (in-process throughput), "
+        f"{args.kernel_runs} (kernel throughput, per source)"
+    )
     frames = list(read_frames(*files))
+    _freeze()  # read once, shared by every in-process section
     t0 = time.perf_counter()
     counts = verify(frames, args.market, args.depth, _symbol(frames))
     print(
@@ -343,31 +373,34 @@ def main(argv: list[str] | None = None) -> int:
         f"{counts['frames']:,} frames ({counts['book_tops']:,} BookTop, {counts['trades']:,} "
         f"Trade, {counts['tickers']:,} BookTicker; {time.perf_counter() - t0:.1f} s)"
     )
-    del frames
 
-    lat = bench_latency(files, args.runs, args.depth, args.market)
+    t0 = time.perf_counter()
+    lat = bench_latency(frames, lat_runs, args.depth, args.market)
     print(
         f"\n1. FRAME -> md.book per depth frame (us), {lat['tickbus']['samples']} frames each;"
-        " interleaved per frame\n   tickbus: parse + publish md.depth + book plugin (sync,"
+        " whole passes, alternating\n   tickbus: parse + publish md.depth + book plugin (sync,"
         " apply, top N, BookTop) + publish md.book, in-lane\n   baseline: msgspec decode +"
         " exact ints + sync + bisect/dict apply + top N + BookTop, no bus"
     )
-    print(f"   {'depth frames':<14}{'who':<10}{'n':>7}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>9}")
+    print(f"   {'depth frames':<14}{'who':<10}{'n':>7}{'p50':>8}{'p90':>8}{'p99':>10}{'max':>11}")
     ratios: dict[str, Any] = {"latency": {}, "throughput": {}}
     for key in ("all", "<=20 levels", "21-499", ">=500"):
         if key not in lat["tickbus"]:
             continue
         a, b = lat["tickbus"][key], lat["baseline"][key]
         for who, r in (("tickbus", a), ("baseline", b)):
-            cells = f"{r['p50']:>8.1f}{r['p90']:>8.1f}{r['p99']:>8.1f}{r['max']:>9.1f}"
+            cells = f"{r['p50']:>8.1f}{r['p90']:>8.1f}{r['p99']:>10.1f}{r['max']:>11.1f}"
             print(f"   {key:<14}{who:<10}{r['n']:>7}{cells}")
         rat = {q: a[q] / b[q] for q in ("p50", "p90", "p99")}
         ratios["latency"][key] = rat
-        cells = "".join(f"{rat[q]:>7.2f}x" for q in ("p50", "p90", "p99"))
+        cells = "".join(f"{rat[q]:>{w - 1}.2f}x" for q, w in (("p50", 8), ("p90", 8), ("p99", 10)))
         print(f"   {key:<14}{'ratio':<10}{'':>7}{cells}   (tickbus/baseline)")
 
-    inproc = bench_inprocess(files, args.runs, args.depth, args.market)
+    print(f"   ({lat_runs} passes each, {time.perf_counter() - t0:.0f} s)")
+    t0 = time.perf_counter()
+    inproc = bench_inprocess(files, frames, args.runs, args.depth, args.market)
     kern = {s: bench_kernel(files, args.kernel_runs, s, args.market) for s in ("memory", "gz")}
+    took = time.perf_counter() - t0
     n = kern["gz"]["frames"]
     print(
         f"\n2. REPLAY THROUGHPUT feed + book, frames/s over all {n:,} frames "
@@ -393,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         f"   kernel runs: a fresh process each; peak RSS {kern['gz']['maxrss_mb']:.0f} MB (.gz),"
         f" {kern['memory']['maxrss_mb']:.0f} MB (memory); final books {kern['gz']['books']}"
     )
-    print(f"   load average after: {_load()}")
+    print(f"   ({took:.0f} s); load average after: {_load()}")
     if args.json:
         Path(args.json).write_text(
             json.dumps(
