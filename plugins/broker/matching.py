@@ -33,10 +33,10 @@ back) of the way into the displayed quantity; trades consume that as above, and 
 that reaches the order fills it with probability ``fill_probability_at_touch`` (seeded
 ``random.Random``).
 
-The per-book work on our resting orders is one compiled scan per side (:func:`_scan_side`)
-over the packed levels and our sorted level prices: the risk-averse ``min`` is kept per level
-as a ``cap`` and applied to the orders only when a trade or a new order at that level needs
-them, so a book event costs the same whether a level holds 1 order or 50.
+The per-book work is one compiled call for both sides (:func:`_scan_book`) over the packed
+levels, our sorted level prices and the prices we took liquidity at: the risk-averse ``min``
+is kept per level as a ``cap`` and applied to the orders only when a trade or a new order at
+that level needs it, so a book event costs the same whether a level holds 1 order or 50.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ from .orders import Order
 
 UNKNOWN = 1 << 62
 """Quantity ahead of an order whose price level is beyond the displayed depth."""
-_I8 = np.dtype("<i8")
 _NATIVE_LE = sys.byteorder == "little"
 
 

@@ -123,6 +123,27 @@ def test_a_book_through_our_price_fills_as_maker_up_to_what_it_shows(start_kerne
     assert [f.qty for f in v.driver.fills_of(a)] == [3 * Q // 2, Q // 2]
 
 
+def test_liquidity_we_took_stays_taken_until_the_market_consumes_it(start_kernel) -> None:
+    v = Venue(start_kernel)
+    book5(v)  # asks 101, 102, 103: 1 each
+
+    def buy() -> list[tuple[int, int]]:
+        cid = v.order("buy", Q).client_order_id
+        return [(f.px, f.qty) for f in v.driver.fills_of(cid)]
+
+    assert buy() == [(P + SCALE, Q)]
+    assert buy() == [(P + 2 * SCALE, Q)]  # 101 is ours now, whatever the book repeats
+    book5(v)
+    assert buy() == [(P + 3 * SCALE, Q)]
+    v.trade(P + SCALE, Q // 2, sell=False)  # the market eats half of 101's front
+    assert buy() == [(P + SCALE, Q // 2)]  # that half is the market's again, not the rest
+    v.trade(P + 3 * SCALE, Q // 10, sell=False)  # a buy at 103: 101 and 102 went through
+    assert buy() == [(P + SCALE, Q)]
+    v.book([(P, Q)], [(P + 2 * SCALE, Q), (P + 3 * SCALE, Q)])  # 101 left the book
+    v.book([(P, Q)], [(P + SCALE, Q), (P + 2 * SCALE, Q)])  # and came back: all available
+    assert buy() == [(P + SCALE, Q)]
+
+
 def test_the_prob_model_moves_up_on_cancels_the_risk_averse_one_does_not(start_kernel) -> None:
     results = {}
     for model in ("risk_averse", "prob"):
