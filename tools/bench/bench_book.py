@@ -67,7 +67,11 @@ from .compare import Frame, Market, TickbusFeedBook, default_capture, verify
 SMALL = 20
 LARGE = 500
 _I8 = np.dtype("<i8")
-BUCKETS = (("all", 0, 1 << 62), ("<=20 lv", 0, SMALL), ("21-499 lv", SMALL + 1, LARGE - 1))
+BUCKETS: tuple[tuple[str, int, int], ...] = (
+    ("all", 0, 1 << 62),
+    ("<=20 lv", 0, SMALL),
+    ("21-499 lv", SMALL + 1, LARGE - 1),
+)
 BUCKETS += ((">=500 lv", LARGE, 1 << 62),)
 
 
@@ -106,6 +110,11 @@ def load(paths: list[Path]) -> Capture:
                 cap.diffs.append(d)
                 cap.events.append(decode_depth(payload).data)
     return cap
+
+
+def _view(levels: bytes) -> np.ndarray:
+    """``Levels`` bytes as the ``(k, 2)`` int64 array they are."""
+    return np.frombuffer(levels, _I8).reshape(-1, 2)
 
 
 def nlevels(d: DepthDiff) -> int:
@@ -211,15 +220,12 @@ def bench_apply(cap: Capture, repeat: int, turn: int) -> list[Series]:
     base_snap = (fx.pairs(snap.bids), fx.pairs(snap.asks, True))
     base_levels = [(fx.pairs(ev.b), fx.pairs(ev.a, True)) for ev in cap.events]
     packed = [(d.bids, d.asks) for d in cap.diffs]
-    views = [
-        (np.frombuffer(d.bids, _I8).reshape(-1, 2), np.frombuffer(d.asks, _I8).reshape(-1, 2))
-        for d in cap.diffs
-    ]
+    views = [(_view(d.bids), _view(d.asks)) for d in cap.diffs]
     sizes = [nlevels(d) for d in cap.diffs]
 
     def tickbus_book(hint: int = 4096) -> OrderBook:
         book = OrderBook(depth_hint=hint)
-        book.apply_snapshot(cap.snapshot.bids, cap.snapshot.asks)
+        book.apply_snapshot(_view(cap.snapshot.bids), _view(cap.snapshot.asks))
         return book
 
     def run(j: int) -> list[tuple[int, int]]:
@@ -228,13 +234,13 @@ def bench_apply(cap: Capture, repeat: int, turn: int) -> list[Series]:
         if j == 1:
             base = BaselineBook()
             base.snapshot(*base_snap)
-            for lv in base_levels:
-                timed(row, base.apply, *lv)
+            for bids, asks in base_levels:
+                timed(row, base.apply, bids, asks)
             return [(k, base.bq[k]) for k in reversed(base.bk)]
         if j == 0:
             book = tickbus_book()
-            for lv in packed:
-                timed(row, book.apply_levels, *lv)
+            for pb, pa in packed:
+                timed(row, book.apply_levels, pb, pa)
         else:  # the raw kernel skips the capacity-growth wrapper: a book big enough
             book = tickbus_book(1 << 16)
             buf, merge_min = book._buf, 1 << 40 if j == 2 else 1

@@ -83,7 +83,7 @@ class TickbusFeedBook:
         except FrameError:
             self.bad += 1
             return None
-        if type(msg) is DepthDiff:
+        if isinstance(msg, DepthDiff):
             sync = self.syncs.get(msg.symbol) or self._sync(msg.symbol)
             act = sync.on_diff(msg)
             self.last_action = int(act)
@@ -104,6 +104,9 @@ class TickbusFeedBook:
         if act is Action.SYNCED:
             return sync.book_top(self.depth, snap.ts_exchange_ns, snap.ts_recv_ns)
         return None
+
+
+_KIND: dict[type, str] = {BookTop: "book_tops", Trade: "trades", BookTicker: "tickers"}
 
 
 def replay(feed: FeedBook, frames: Iterable[Frame], symbol: str) -> int:
@@ -150,7 +153,7 @@ def verify(frames: Iterable[Frame], market: Market, depth: int, symbol: str) -> 
                 f"baseline {other!r} (action {base.last_action}, bad {base.bad})"
             )
         counts["frames"] += 1
-        key = {BookTop: "book_tops", Trade: "trades", BookTicker: "tickers"}.get(type(mine))
+        key = _KIND.get(type(mine))
         counts[key or "no_output"] += 1
     for name in ("gaps", "stale", "syncs", "too_old", "crossed"):
         counts[name] = sum(getattr(s.stats, name) for s in tb.syncs.values())
