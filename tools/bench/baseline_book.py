@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator
 from itertools import chain
 from operator import neg
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import msgspec
 
@@ -81,6 +81,7 @@ BUFFERED, STALE, APPLIED, GAP, CROSSED, SYNCED, TOO_OLD, IGNORED = range(8)
 Pairs = list[tuple[str, str]]
 IntPairs = list[tuple[int, int]]
 Market = Literal["spot", "usdm", "coinm"]
+E = TypeVar("E")
 
 
 # --------------------------------------------------------------------------- schema
@@ -98,10 +99,6 @@ class DepthEvent(msgspec.Struct, gc=False):
     pu: int = -1
 
 
-class _DepthFrame(msgspec.Struct, gc=False):
-    data: DepthEvent
-
-
 class _TradeEvent(msgspec.Struct, gc=False):
     s: str
     t: int
@@ -109,10 +106,6 @@ class _TradeEvent(msgspec.Struct, gc=False):
     q: str
     T: int
     m: bool
-
-
-class _TradeFrame(msgspec.Struct, gc=False):
-    data: _TradeEvent
 
 
 class _TickerEvent(msgspec.Struct, gc=False):
@@ -125,8 +118,10 @@ class _TickerEvent(msgspec.Struct, gc=False):
     E: int = 0  # futures only
 
 
-class _TickerFrame(msgspec.Struct, gc=False):
-    data: _TickerEvent
+class _Frame(msgspec.Struct, Generic[E], gc=False):
+    """A combined-stream envelope; ``stream`` is read from the bytes, not decoded."""
+
+    data: E
 
 
 class RestDepth(msgspec.Struct, gc=False):
@@ -138,9 +133,9 @@ class RestDepth(msgspec.Struct, gc=False):
     E: int = 0  # futures only
 
 
-decode_depth = msgspec.json.Decoder(_DepthFrame).decode
-decode_trade = msgspec.json.Decoder(_TradeFrame).decode
-decode_ticker = msgspec.json.Decoder(_TickerFrame).decode
+decode_depth = msgspec.json.Decoder(_Frame[DepthEvent]).decode
+decode_trade = msgspec.json.Decoder(_Frame[_TradeEvent]).decode
+decode_ticker = msgspec.json.Decoder(_Frame[_TickerEvent]).decode
 decode_rest = msgspec.json.Decoder(RestDepth).decode
 
 
