@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, NamedTuple
 
-from tickbus.kernel import PluginContext, Strategy, StrategyConfig, TickbusError
+from tickbus.kernel import PluginContext, ReplayClock, Strategy, StrategyConfig, TickbusError
 from tickbus.schemas import BookTop, FeatureVector, Fill, OrderUpdate, Side
 
 PriceMode = Literal["touch", "cross", "market"]
@@ -134,6 +134,9 @@ class SignalTrader(Strategy):
         self.counts = {"signals": 0, "suppressed": 0, "bad_features": 0, "exits": 0,
                        "requotes": 0, "stale_cancels": 0}  # fmt: skip
         self._warned: set[str] = set()
+        self._replay = isinstance(ctx.clock, ReplayClock)
+        self._event_ns = 0
+        """Receive time of the message being handled (0: none, e.g. in a timer)."""
 
     def _check(self, ok: bool, key: str, what: str) -> None:
         if not ok:
@@ -150,6 +153,13 @@ class SignalTrader(Strategy):
     # ------------------------------------------------------------------ signals
 
     def on_features(self, fv: FeatureVector) -> None:
+        prev, self._event_ns = self._event_ns, fv.ts_recv_ns
+        try:
+            self._on_features(fv)
+        finally:  # handlers nest in one lane (a broker may fill inside our submit)
+            self._event_ns = prev
+
+    def _on_features(self, fv: FeatureVector) -> None:
         st = self.state.get(fv.symbol)
         if st is None:  # feat.BTCUSD (a prefix) also delivers feat.BTCUSDT
             return
@@ -190,7 +200,7 @@ class SignalTrader(Strategy):
             return "book invalid"
         if book.bid_px <= 0 or book.ask_px <= 0:
             return "book has an empty side"
-        age = self.now_ns() - book.ts_recv_ns
+        age = self.event_now() - book.ts_recv_ns
         if self.max_age_ns and age > self.max_age_ns:
             return (
                 f"book stale: {age / 1e6:.0f} ms old > max_book_age_ms"
@@ -198,13 +208,22 @@ class SignalTrader(Strategy):
             )
         return ""
 
+    def event_now(self) -> int:
+        """Now, for this strategy: live, the kernel clock; in a replay, the receive time of
+        the message being handled (the replay clock is the replay lane's, which runs ahead
+        of a strategy in a lane of its own), else (timers, queries) the clock - exact when
+        the strategy shares the replay's lane, early by the lag when it does not."""
+        if self._replay and self._event_ns:
+            return self._event_ns
+        return self.now_ns()
+
     def strength_now(self, symbol: str) -> float:
         """The latest active signal's strength, decayed to now (half-life
         ``signal_decay_ms``); 0.0 if there is none."""
         st = self.state[symbol]
         if not st.sig_dir:
             return 0.0
-        return st.sig_strength * 0.5 ** ((self.now_ns() - st.sig_t_ns) / self.decay_ns)
+        return st.sig_strength * 0.5 ** ((self.event_now() - st.sig_t_ns) / self.decay_ns)
 
     # ------------------------------------------------------------------ trading
 
@@ -216,7 +235,7 @@ class SignalTrader(Strategy):
             st.exit_due = True
             self.exit(symbol)
             return
-        now = self.now_ns()
+        now = self.event_now()
         st.sig_dir, st.sig_strength, st.sig_t_ns, st.sig_hold_ms = (
             d.direction, d.strength, now, d.holding_ms,
         )  # fmt: skip
@@ -334,7 +353,7 @@ class SignalTrader(Strategy):
         st = self.state[symbol]
         if at_ns > st.exit_at_ns:
             st.exit_at_ns = at_ns
-            self.set_timer(f"exit.{symbol}", (at_ns - self.now_ns()) / 1e9, symbol)
+            self.set_timer(f"exit.{symbol}", (at_ns - self.event_now()) / 1e9, symbol)
 
     def on_timer(self, name: str, payload: Any) -> None:
         symbol: str = payload
@@ -353,6 +372,13 @@ class SignalTrader(Strategy):
     # ------------------------------------------------------------------ events
 
     def on_book(self, book: BookTop) -> None:
+        prev, self._event_ns = self._event_ns, book.ts_recv_ns
+        try:
+            self._on_book(book)
+        finally:
+            self._event_ns = prev
+
+    def _on_book(self, book: BookTop) -> None:
         st = self.state.get(book.symbol)
         if st is None:  # only shares a prefix with one of ours
             return
@@ -373,6 +399,13 @@ class SignalTrader(Strategy):
             self.requote(book.symbol)
 
     def on_fill(self, fill: Fill) -> None:
+        prev, self._event_ns = self._event_ns, fill.ts_recv_ns
+        try:
+            self._on_fill(fill)
+        finally:
+            self._event_ns = prev
+
+    def _on_fill(self, fill: Fill) -> None:
         st = self.state.get(fill.symbol)
         if st is None:
             return
@@ -383,7 +416,7 @@ class SignalTrader(Strategy):
             self.cancel_timer(f"exit.{fill.symbol}")
         elif (pos > 0) == (fill.side == "buy") and not st.exit_due:
             # an entry filled: hold for the holding period of the signal behind it
-            self._arm_exit(fill.symbol, self.now_ns() + st.sig_hold_ms * 1_000_000)
+            self._arm_exit(fill.symbol, self.event_now() + st.sig_hold_ms * 1_000_000)
 
     def on_order(self, update: OrderUpdate) -> None:
         st = self.state.get(update.symbol)

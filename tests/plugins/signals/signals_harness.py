@@ -92,8 +92,9 @@ class Harness:
              **kw: Any) -> None:  # fmt: skip
         """A book update and the feature vector computed on it."""
         book_kw = {k: kw.pop(k) for k in ("bid", "ask") if k in kw}
-        if "symbol" in kw:
-            book_kw["symbol"] = kw["symbol"]
+        for k in ("symbol", "t"):
+            if k in kw:
+                book_kw[k] = kw[k]
         self.book(uid, **book_kw)
         self.feat(imb, mom, vol, uid, **kw)
 

@@ -289,6 +289,19 @@ def test_never_on_a_bad_book(start_kernel, setup, reason) -> None:
     assert x.of(OrderRequest) == []
 
 
+def test_in_a_replay_book_age_is_measured_at_the_message_not_the_replay_clock(
+    start_kernel,
+) -> None:
+    """A strategy in a lane of its own lags the replay lane, whose position is the replay
+    clock: its book is as old as the message it handles says, not as far as the replay got."""
+    x = h(start_kernel)
+    x.after_ms(5000)  # the replay lane is 5 s further
+    x.tick(0.5, MOM, VOL, uid=1, t=T0)  # book and vector recorded at T0
+    (sig,) = x.of(Signal)
+    assert sig.suppressed == ""
+    assert len(x.of(OrderRequest)) == 1
+
+
 def test_no_book_yet_waits_for_the_book_of_the_vector(start_kernel) -> None:
     """features subscribed before the strategy: the vector arrives before our md.book
     handler saw its book; the decision waits for that book and prices on it."""

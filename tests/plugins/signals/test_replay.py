@@ -26,14 +26,18 @@ CONFIG = ROOT / "configs" / "imbalance.toml"
 _RUN = re.compile(r"^(.+)-[0-9a-z]+-(\d+)$")
 
 
-def replay(**settings: Any) -> list[Any]:
+def replay(strategy: dict[str, Any] | None = None, **settings: Any) -> list[Any]:
     """Run configs/imbalance.toml to the end (its strategy settings changed by
-    ``settings``); every sig./ord. message in order."""
+    ``settings``, or the strategy table replaced by ``strategy``); every sig./ord. message
+    in order."""
     raw = tomllib.loads(CONFIG.read_text())
     with tempfile.TemporaryDirectory(prefix="tb", dir="/tmp") as rt:
         raw["kernel"]["runtime_dir"] = rt
         raw["bus"] = NO_ENDPOINTS
         raw["plugins"]["imbalance"].update(settings)
+        if strategy is not None:
+            raw["plugins"]["imbalance"] = strategy
+            raw["lanes"]["ml"] = {}
         raw["plugins"]["out"] = {"lane": "hot"}
         k = Kernel(parse_config(raw, str(CONFIG)), extra_plugins={"out": out_collector})
         assert k.run(handle_signals=False) == 0
@@ -94,3 +98,18 @@ def test_the_same_replay_twice_gives_the_same_signals_and_orders(first_run: list
     assert len(again) == len(first_run)
     assert comparable(again) == comparable(first_run)
     assert any(isinstance(m, OrderCancel) for m in first_run)
+
+
+def test_onnx_strategy_moves_to_its_own_lane_with_one_line() -> None:
+    """In-lane or in a lane of its own (``lane = "ml"``): the same decisions on the same
+    vectors (only the decision's clock stamp may differ: the replay lane runs ahead)."""
+    table = {"plugin": "onnx_strategy", "symbols": ["BTCUSDT"], "min_confidence": 0.55}
+
+    def decisions(lane: str) -> list[tuple[Any, ...]]:
+        msgs = replay({**table, "lane": lane})
+        return [(s.direction, s.strength, s.confidence, s.holding_period_ms, s.suppressed,
+                 s.ts_recv_ns) for s in msgs if isinstance(s, Signal)]  # fmt: skip
+
+    here, there = decisions("hot"), decisions("ml")
+    assert len(here) > 50 and any(not d[4] for d in here)
+    assert there == here
