@@ -19,7 +19,11 @@ A :class:`SignalTrader` turns each ``feat.<SYMBOL>`` vector into a decision
   signal ends (a timer on the kernel clock, armed at the entry fill and pushed back by every
   later signal in the same direction) or when an active signal points the other way;
 * **never on a bad book**: no order while the symbol's book is missing, invalid, has an
-  empty side, or is older than ``max_book_age_ms`` (kernel clock); the signal is published
+  empty side, or is older than ``max_book_age_ms`` (kernel clock; in a replay, measured at
+  the receive time of the message being handled - see :meth:`SignalTrader.event_now`,
+  so a strategy in a lane of its own decides as it would in the replay's lane, as long as
+  no timer is involved: timers of another lane fire when the replay passes their time,
+  not in order with this lane's data); the signal is published
   suppressed with that reason. A feature vector with a NaN/inf in a field the strategy
   uses gives a suppressed signal (direction 0), is counted and logged once per field.
 
@@ -62,7 +66,8 @@ class TraderConfig(StrategyConfig, frozen=True):
     exit_price_mode: PriceMode = "market"
     """Exits (holding period over, signal flipped), reduce-only."""
     max_book_age_ms: float = 1000.0
-    """Never act on a book older than this (kernel clock; 0: no age limit)."""
+    """Never act on a book older than this (kernel clock; in a replay, the time of the
+    message being handled; 0: no age limit)."""
     min_holding_ms: int = 100
     """Holding periods are clamped to [min_holding_ms, max_holding_ms]."""
     max_holding_ms: int = 10_000
