@@ -183,6 +183,7 @@ class SignalTrader(Strategy):
             if not math.isfinite(value):
                 self._bad(f"non-finite feature {name}={value}", fv)
                 self.signal(fv.symbol, 0, 0.0, 0.0, 0, f"non-finite feature {name}={value}")
+                self.counts["signals"] += 1
                 self.counts["suppressed"] += 1
                 return
         d = self.evaluate(fv)

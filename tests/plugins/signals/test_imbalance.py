@@ -339,6 +339,7 @@ def test_non_finite_features_are_suppressed_never_traded(start_kernel, field, va
     assert sig.direction == 0 and sig.suppressed.startswith(f"non-finite feature {field}=")
     assert x.of(OrderRequest) == []
     assert x.s.counts["bad_features"] == 1
+    assert x.lane.call(x.s.status).startswith("1 signals (1 suppressed, 1 bad vectors)")
     x.tick(0.5, MOM, VOL, uid=2)  # the next good vector trades
     assert len(x.of(OrderRequest)) == 1
     assert x.errors() == 0
