@@ -543,17 +543,17 @@ class PaperBroker:
         fills: list[tuple[Order, int]] = []
         used = 0
         if side.best != px:  # we have levels better than the trade: it went through them
-            for lv in side.ordered():
-                if (lv.px <= px) if side.buy else (lv.px >= px):
+            for better in side.ordered():
+                if (better.px <= px) if side.buy else (better.px >= px):
                     break
-                got, used = through_fills(lv.orders, qty, used)
+                got, used = through_fills(better.orders, qty, used)
                 fills += got
-        lv = side.levels.get(px)
-        if lv is not None:
-            side.settle(lv)
+        at = side.levels.get(px)
+        if at is not None:
+            side.settle(at)
             if self._prob:
-                lv.traded += qty
-            got, used = queue_fills(lv.orders, qty, used, self.model.gate)
+                at.traded += qty
+            got, used = queue_fills(at.orders, qty, used, self.model.gate)
             fills += got
         for order, q in fills:
             self._fill(m, order, order.px, q, True, trade.ts_exchange_ns, trade.ts_recv_ns)

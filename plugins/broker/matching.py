@@ -180,9 +180,7 @@ def _scan_side(packed: bytes, desc: bool, st: np.ndarray, n: int) -> int:
 
 
 @njit(cache=True, nogil=True)
-def _scan_book(
-    bids: bytes, asks: bytes, stb: np.ndarray, nb: int, sta: np.ndarray, na: int
-) -> int:
+def _scan_book(bids: bytes, asks: bytes, stb: np.ndarray, nb: int, sta: np.ndarray, na: int) -> int:
     """Both sides in one call (one dispatch instead of two): bids' result in the low 32
     bits, asks' in the high."""
     rb = _scan(np.frombuffer(bids, dtype=np.int64), True, stb, nb)

@@ -58,10 +58,12 @@ from tickbus.schemas import (
     SCALE,
     BookTop,
     Fill,
+    Liquidity,
     Msg,
     OrderAccepted,
     OrderCancel,
     OrderRequest,
+    OrderStatus,
     OrderUpdate,
     Position,
     Trade,
@@ -109,6 +111,7 @@ class Clock:
 
 class BOrder:
     __slots__ = ("req", "buy", "px", "qty", "filled", "leaves", "notional", "status", "ahead")
+    status: OrderStatus
 
     def __init__(self, req: OrderRequest) -> None:
         self.req = req
@@ -160,7 +163,7 @@ class BaselineBroker:
         leaves = o.leaves if o.status in ("accepted", "partially_filled") else 0
         return OrderUpdate(r.client_order_id, r.strategy_id, r.symbol, r.side, r.order_type,
                            o.status, r.px, r.qty, o.filled, leaves, avg, "", ts_recv,
-                           self.clock.ns)  # type: ignore[arg-type]  # fmt: skip
+                           self.clock.ns)  # fmt: skip
 
     def fill(self, o: BOrder, px: int, qty: int, maker: bool, ts_ex: int, ts_recv: int) -> None:
         fee = fee_of(px * qty, self.maker if maker else self.taker)
@@ -170,10 +173,10 @@ class BaselineBroker:
         o.status = "filled" if o.leaves == 0 else "partially_filled"
         r = o.req
         now = self.clock.ns
-        liq = "maker" if maker else "taker"
+        liq: Liquidity = "maker" if maker else "taker"
         self.publish("exec.fill", Fill(r.client_order_id, r.strategy_id, r.symbol, r.side,
                                        next(self.fill_ids), px, qty, fee, liq, ts_ex, ts_recv,
-                                       now))  # type: ignore[arg-type]  # fmt: skip
+                                       now))  # fmt: skip
         if o.leaves == 0:
             del self.orders[(r.strategy_id, r.client_order_id)]
         self.publish("exec.report", self.update(o, ts_recv))
@@ -211,7 +214,7 @@ class BaselineBroker:
             or req.px <= 0 or req.order_type != "limit" or req.tif != "GTC" or req.replaces
             or book is None or not book.valid
         )  # fmt: skip
-        if bad:
+        if bad or book is None:
             raise ValueError("the bench sends only good limit GTC orders")
         self.ids.add(key)
         o = BOrder(req)
@@ -428,7 +431,7 @@ def run_once(
         else:
             b = PaperBroker(cfg, publish=publish, clock=clock, call_at=_no_timer)
             brokers[name] = b
-    samples = {n: {k: [] for k in KINDS} for n in names}
+    samples: dict[str, dict[str, list[int]]] = {n: {k: [] for k in KINDS} for n in names}
     maker = Maker(n_orders, symbol)
     compared = [0]
 
@@ -465,7 +468,7 @@ def run_once(
             handler(msg)
             samples[name][kind].append(perf() - t0)
         check(msg)
-        if not is_book:
+        if type(msg) is not BookTop:
             continue
         books += 1
         for c in maker.recentre(msg) if books % 50 == 0 else []:
