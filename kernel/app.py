@@ -35,7 +35,7 @@ from .context import PluginContext
 from .errors import TickbusError
 from .lane import Lane, LaneDead
 from .plugins import PluginManager
-from .router import Router
+from .router import ConnectionWatch, Connector, Router
 
 log = logging.getLogger("tickbus.kernel")
 
@@ -66,6 +66,7 @@ class Kernel:
         self._stop_requested = threading.Event()
         self._started: list[str] = []
         self._stopped = False
+        self._watch: ConnectionWatch | None = None
 
     # ------------------------------------------------------------------ start
 
@@ -87,9 +88,16 @@ class Kernel:
 
         self._zctx = zmq.Context()
         bus = cfg.bus
+        connector: Connector | None = None
         if bus.join_pub:
-            pub_ep, sub_ep, exact = bus.join_pub, bus.join_sub, False
+            pub_ep, sub_ep, exact = cfg.endpoint(bus.join_pub), cfg.endpoint(bus.join_sub), False
             tap_ep = cfg.endpoint(bus.join_tap) if bus.join_tap else ""
+            # a remote lane: CURVE keys for tcp, frame cap, heartbeats; losing the host bus
+            # stops this process (non-zero) rather than leaving it talking to nobody
+            connector = Connector.from_config(cfg)
+            self._watch = ConnectionWatch(
+                self._zctx, lambda why: self.request_shutdown(why, failed=True)
+            )
         else:
             # [runtime-dir lock + CURVE + limits] Router.from_config locks the runtime dir
             # (refuses a second run on it), loads CURVE keys for tcp endpoints, sets the
@@ -113,6 +121,8 @@ class Kernel:
                 heartbeat_s=cfg.kernel.heartbeat_s,
                 exact_interest=exact,
                 cpu=lane_cfg.cpu,
+                connector=connector,
+                watch=self._watch,
             )
             lane.on_death = lambda why: self.request_shutdown(why, failed=True)
             lane.start()
@@ -439,6 +449,9 @@ class Kernel:
 
     def _teardown(self, deadline: float) -> bool:
         ok = True
+        if self._watch is not None:
+            self._watch.close()  # a lane closing its sockets is not a lost connection
+            self._watch = None
         for lane in self.lanes.values():
             if not lane.stop_loop(max(0.01, deadline - time.monotonic())):
                 log.error("lane %s did not end in time", lane.name)

@@ -147,6 +147,9 @@ TOOLS = (
     ("sniff", "tickbus.tools.sniffer", "print messages flowing on a running bus"),
     ("exchange-sim", "tickbus.tools.exchange_sim", "serve a capture as a Binance-like server"),
     ("record", "tickbus.tools.record", "record raw Binance frames to a capture file"),
+    ("ctl", "tickbus.tools.ctl", "commands to a running process: kill switch, state, status"),
+    ("risk-gateway", "tickbus.tools.risk_gateway", "reference risk gateway for the risk plugin"),
+    ("train-model", "tickbus.tools.train_model", "train the ONNX signal model on recorded data"),
 )
 
 

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import zmq
@@ -35,6 +35,9 @@ import zmq
 from tickbus.schemas import Barrier, Codec, Heartbeat, Msg
 
 from .router import SEP
+
+if TYPE_CHECKING:
+    from .router import ConnectionWatch, Connector
 
 log = logging.getLogger("tickbus.lane")
 
@@ -108,6 +111,8 @@ class Lane:
         heartbeat_s: float,
         exact_interest: bool = True,
         cpu: int = -1,
+        connector: Connector | None = None,
+        watch: ConnectionWatch | None = None,
     ) -> None:
         self.name = name
         self.process = process
@@ -127,6 +132,8 @@ class Lane:
         self._heartbeat_s = heartbeat_s
         self._exact = exact_interest
         self._cpu = cpu
+        self._connector = connector  # remote lanes: CURVE, frame cap, heartbeats
+        self._watch = watch  # remote lanes: report a lost connection to the host bus
         self._subs: list[tuple[str, Handler]] = []
         self._routes: dict[str, Route] = {}
         self._in_routes: dict[bytes, tuple[Handler, ...]] = {}
@@ -177,12 +184,12 @@ class Lane:
             self.codec = Codec(self._codec_types)
             self._encode = self.codec.encode
             self._decode = self.codec.decode
-            xpub = self._xpub_socket(self._pub_endpoint)
+            xpub = self._xpub_socket(self._pub_endpoint, watched=True)
             self._tap = self._xpub_socket(self._tap_endpoint) if self._tap_endpoint else None
             sub = self._zctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.RCVHWM, 0)
-            sub.connect(self._sub_endpoint)
+            self._connect(sub, self._sub_endpoint, watched=True)
             self._xpub, self._sub = xpub, sub
             self._send = xpub.send
             # without a tap there is no tap interest, so the no-op is never called
@@ -214,13 +221,23 @@ class Lane:
                     sock.close(linger=0)
             loop.close()
 
-    def _xpub_socket(self, endpoint: str) -> zmq.Socket:
+    def _xpub_socket(self, endpoint: str, watched: bool = False) -> zmq.Socket:
         sock = self._zctx.socket(zmq.XPUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)  # must-deliver: never drop, see kernel.router
         sock.setsockopt(zmq.XPUB_VERBOSER, 1)
-        sock.connect(endpoint)
+        self._connect(sock, endpoint, watched)
         return sock
+
+    def _connect(self, sock: zmq.Socket, endpoint: str, watched: bool = False) -> None:
+        """Connect to the local router (inproc), or to another process's bus through the
+        Connector (CURVE on tcp, frame cap, heartbeats) with its connection watched."""
+        if self._watch is not None and watched:
+            self._watch.watch(sock, f"lane {self.name}")  # before connect: no event is lost
+        if self._connector is not None:
+            self._connector.connect(sock, endpoint)
+        else:
+            sock.connect(endpoint)
 
     def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = 5.0) -> T:
         """Run ``fn(*args)`` on the lane thread and return its result (from another thread)."""

@@ -364,7 +364,7 @@ class ControlReply(Msg):
 
 
 class RiskCheckRequest(Msg):
-    """Risk gateway protocol (docs/risk-gateway.md): ask the external gateway about an
+    """Risk gateway protocol (schemas/risk_gateway.md): ask the external gateway about an
     order. ``correlation_id`` is echoed in the reply."""
 
     correlation_id: int

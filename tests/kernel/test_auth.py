@@ -257,9 +257,6 @@ def test_joining_over_tcp_needs_client_keys(tmp_path: Path, keys: tuple[Path, Pa
     assert Connector.from_config(parse_config(raw, "t.toml")).curve is not None
 
 
-@pytest.mark.xfail(
-    strict=True, reason="Lane must connect through Connector (kernel/lane.py, to be wired)"
-)
 def test_a_remote_lane_joins_a_tcp_bus_with_curve(
     plugin_site: Path, tmp_path: Path, rt: Path, keys: tuple[Path, Path]
 ) -> None:
