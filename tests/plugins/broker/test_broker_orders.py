@@ -330,7 +330,10 @@ def test_bad_input_is_counted_and_skipped(start_kernel, caplog) -> None:
     v._push("md.book.BTCUSDT", msgspec.structs.replace(v.driver.last_book, bids=b"\x01" * 17))
     v._push("ord.accepted", Trade("BTCUSDT", 1, P, Q, True, 0, 0))
     v.trade(P, 0, sell=True)
-    assert v.broker.stats["bad"] == 3 and v.driver.fills_of(a) == []
+    v.trade(P, -Q, sell=True)
+    assert v.broker.stats["bad"] == 4 and v.driver.fills_of(a) == []
+    logged = [r.getMessage() for r in caplog.records if "skipped bad input" in r.getMessage()]
+    assert len(logged) == 3, logged  # once per kind, with a sample
     req = v.order("buy", Q)  # the book was marked invalid: no trading until a good one
     assert v.status(req.client_order_id) == "rejected"
     book5(v)
@@ -345,3 +348,21 @@ def test_status_fragment(start_kernel) -> None:
     v.order("buy", Q, P - SCALE)
     text = v.lane.call(v.broker.status)
     assert text.startswith("1 working, 1 fills, 0 rejected; PnL ") and "BTCUSDT 1" in text
+
+
+def test_the_total_over_symbols_is_published_when_asked(start_kernel) -> None:
+    v = Venue(start_kernel, publish_total=True, taker_fee_bps=10.0)
+    book5(v)
+    v.order("buy", Q)
+    v.order("sell", Q // 2)
+    per_symbol = [p for p in v.driver.positions if p.symbol == "BTCUSDT"]
+    totals = [p for p in v.driver.positions if p.symbol == "total"]
+    assert len(totals) == len(per_symbol) == 2
+    last, tot = per_symbol[-1], totals[-1]
+    assert (tot.realized_pnl, tot.unrealized_pnl, tot.fees, tot.fills) == (
+        last.realized_pnl,
+        last.unrealized_pnl,
+        last.fees,
+        last.fills,
+    )
+    assert tot.qty == 0 and last.qty == Q // 2
