@@ -1339,7 +1339,7 @@ def parse_snapshot(body: bytes, symbol: str | None, ts_recv_ns: int) -> DepthSna
     return _parser().parse_snapshot(body, symbol, ts_recv_ns)
 
 
-COLD_COMPILE_S = 15
+COLD_COMPILE_S = 20
 """Measured cold compile of these kernels on the 2-core VM (``NUMBA_CACHE_DIR`` empty)."""
 
 
@@ -1367,7 +1367,7 @@ def warmup(log: logging.Logger | None = None) -> float:
     """Compile (or load from cache) the kernels before the first real frame.
 
     On a cold cache (first run, new numba, changed source) it says so at INFO before the
-    ~15 s compile and how long it took after. Returns the seconds spent."""
+    ~20 s compile and how long it took after. Returns the seconds spent."""
     log = log or _log
     cold, where = _cache_state(_KERNELS)
     if not _CACHE:
