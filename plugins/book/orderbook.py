@@ -604,7 +604,7 @@ class OrderBook:
             return rc < 0
         return self._run(_as_levels(bids), _as_levels(asks))  # normalise, grow or explain
 
-    def apply_snapshot(self, bids: np.ndarray, asks: np.ndarray) -> bool:
+    def apply_snapshot(self, bids: np.ndarray | bytes, asks: np.ndarray | bytes) -> bool:
         """Replace the whole book by ``bids``/``asks`` (``(k, 2)`` arrays or ``Levels`` bytes,
         any order; qty 0 entries are skipped; a repeated price keeps its last quantity).
         All-or-nothing like :meth:`apply_diff`; returns :meth:`crossed`."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 
@@ -100,7 +100,10 @@ class Books:
             if b is None:
                 return
         try:
-            action = b.sync.on_diff(msg) if t is DepthDiff else b.sync.on_snapshot(msg)
+            if type(msg) is DepthDiff:
+                action = b.sync.on_diff(msg)
+            else:  # checked above: a DepthSnapshot (rare: no cost on the hot path)
+                action = b.sync.on_snapshot(cast(DepthSnapshot, msg))
         except BadMessage as err:
             self._bad(b, err, msg)
             return
