@@ -77,6 +77,13 @@ class Clock(Protocol):
         """Run ``fn(*args)`` on ``loop`` when ``now_ns()`` reaches ``when_ns``."""
         ...
 
+    def schedule_in(
+        self, delay_ns: int, fn: Callable[..., Any], args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+    ) -> Timer:  # fmt: skip
+        """Run ``fn(*args)`` on ``loop`` ``delay_ns`` of clock time from now."""
+        ...
+
 
 class LiveClock:
     """The system clocks: ``time.time_ns`` and ``time.monotonic_ns``; timers on the loop."""
@@ -84,6 +91,13 @@ class LiveClock:
     __slots__ = ()
     now_ns = staticmethod(time.time_ns)
     mono_ns = staticmethod(time.monotonic_ns)
+
+    def schedule_in(
+        self, delay_ns: int, fn: Callable[..., Any], args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+    ) -> Timer:  # fmt: skip
+        """A timer ``delay_ns`` from now."""
+        return self.schedule(time.time_ns() + delay_ns, fn, args, loop)
 
     def schedule(
         self, when_ns: int, fn: Callable[..., Any], args: tuple[Any, ...],
@@ -109,19 +123,34 @@ class LiveClock:
 
 class ReplayClock:
     """Time is whatever the replayed data says it is; it never goes backwards. Timers fire
-    in (time, scheduling order) when :meth:`advance` passes them."""
+    in (time, scheduling order) when :meth:`advance` passes them.
 
-    __slots__ = ("_ns", "_timers", "_seq")
+    Before the first recorded timestamp arrives the clock reads ``start_ns`` (0): a
+    relative timer set then (a plugin's start-up ``call_later``) counts from the first
+    recorded timestamp, not from 1970 - otherwise a periodic timer would fire once for every
+    second since the epoch on the first message."""
+
+    __slots__ = ("_ns", "_timers", "_seq", "_deferred")
 
     def __init__(self, start_ns: int = 0) -> None:
         self._ns = start_ns
         self._timers: list[tuple[int, int, Timer]] = []
         self._seq = itertools.count()
+        self._deferred: list[tuple[int, Timer]] | None = []  # None once data has arrived
+
+    def _start(self, ts_ns: int) -> None:
+        """The first recorded time: relative timers set before it start counting now."""
+        deferred, self._deferred = self._deferred or [], None
+        for delay, timer in deferred:
+            timer.when_ns = ts_ns + delay
+            heapq.heappush(self._timers, (timer.when_ns, next(self._seq), timer))
 
     def advance(self, ts_ns: int) -> None:
         """Move time to ``ts_ns`` (ignored if it would go backwards), first running every
         timer due by then, each at its own time."""
         if ts_ns > self._ns:
+            if self._deferred is not None:
+                self._start(ts_ns)
             timers = self._timers
             while timers and timers[0][0] <= ts_ns:
                 when, _, timer = heapq.heappop(timers)
@@ -145,6 +174,18 @@ class ReplayClock:
         GIL, so lanes may schedule while the replay lane advances - no lock."""
         timer = Timer(when_ns, fn, args, loop)
         heapq.heappush(self._timers, (when_ns, next(self._seq), timer))
+        return timer
+
+    def schedule_in(
+        self, delay_ns: int, fn: Callable[..., Any], args: tuple[Any, ...],
+        loop: asyncio.AbstractEventLoop,
+    ) -> Timer:  # fmt: skip
+        """A timer ``delay_ns`` after now - after the first recorded timestamp if no data
+        has arrived yet."""
+        if self._deferred is None:
+            return self.schedule(self._ns + delay_ns, fn, args, loop)
+        timer = Timer(self._ns + delay_ns, fn, args, loop)
+        self._deferred.append((delay_ns, timer))
         return timer
 
     @property

@@ -86,16 +86,19 @@ class PluginContext:
         the epoch: wall time live, recorded time in replay - where timers fire in timestamp
         order between the recorded messages, so a backtest is deterministic). Returns a
         :class:`~tickbus.kernel.clock.Timer` (``.cancel()``). Call from the lane thread."""
-        timer = self.clock.schedule(when_ns, fn, args, self.loop)
+        return self._keep(self.clock.schedule(when_ns, fn, args, self.loop))
+
+    def call_later(self, delay_s: float, fn: Callable[..., Any], *args: Any) -> Timer:
+        """Run ``fn(*args)`` after ``delay_s`` seconds of kernel-clock time. In replay, a
+        timer set before the first recorded message counts from that message's time."""
+        return self._keep(self.clock.schedule_in(int(delay_s * 1e9), fn, args, self.loop))
+
+    def _keep(self, timer: Timer) -> Timer:
         timers = self._timers
         if len(timers) > 256:  # keep only the live ones: bounded, no per-fire cost
             timers[:] = [t for t in timers if not t.cancelled]
         timers.append(timer)
         return timer
-
-    def call_later(self, delay_s: float, fn: Callable[..., Any], *args: Any) -> Timer:
-        """``call_at(clock.now_ns() + delay_s)``: ``delay_s`` seconds of kernel-clock time."""
-        return self.call_at(self.clock.now_ns() + int(delay_s * 1e9), fn, *args)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """Run ``coro`` as a task on the lane's loop; it is cancelled when the plugin stops.

@@ -28,9 +28,8 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
@@ -68,7 +67,9 @@ class StrategyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class WorkingOrder(msgspec.Struct):
-    """What the strategy knows of one of its orders (updated from ``exec.report``)."""
+    """What the strategy knows of one of its orders (updated from ``exec.report``):
+    ``status`` is the last update's, or "new" (sent), "canceling" (cancel sent),
+    "replacing" (a cancel-replace sent)."""
 
     request: OrderRequest
     status: str = "new"
@@ -76,20 +77,25 @@ class WorkingOrder(msgspec.Struct):
     leaves_qty: int = 0
 
 
-class Strategy:
-    """Base class of strategies: subclass it, set ``Config``, override the callbacks you
-    need. Callbacks receive the bus messages as they are (exact integer prices and
-    quantities in 1/SCALE units; use :meth:`to_qty`/:meth:`to_px` to convert)."""
+ConfigT = TypeVar("ConfigT", bound=StrategyConfig)
+
+
+class Strategy(Generic[ConfigT]):
+    """Base class of strategies: subclass it (``class Mine(Strategy[MyConfig])``), set
+    ``Config``, override the callbacks you need. Callbacks receive the bus messages as they
+    are (exact integer prices and quantities in 1/SCALE units; use :meth:`to_qty` /
+    :meth:`to_px` to convert), for the configured symbols only."""
 
     Config: ClassVar[type[StrategyConfig]] = StrategyConfig
 
-    def __init__(self, ctx: PluginContext, config: StrategyConfig) -> None:
+    def __init__(self, ctx: PluginContext, config: ConfigT) -> None:
         self.ctx = ctx
         self.config = config
         self.id = ctx.name
         """The strategy id: the plugin instance name."""
         self.log: logging.Logger = ctx.log
         self.symbols = tuple(config.symbols)
+        self._wanted = frozenset(self.symbols)  # topics are prefixes: BTCUSD matches BTCUSDT
         self.books: dict[str, BookTop] = {}
         """Latest ``md.book`` per symbol."""
         self.positions: dict[str, Position] = {}
@@ -101,8 +107,9 @@ class Strategy:
         self._publish = ctx.publish
         self._cause_ns = 0  # ts_recv_ns of the message being handled
         self._timers: dict[str, Timer] = {}
-        # unique per run and strategy: instance, run stamp, sequence
-        self._run = _base36(time.time_ns() // 1_000_000 % 36**6)
+        # unique per run and strategy: instance, run stamp, sequence. The stamp comes from
+        # the kernel clock at the first order, so a backtest gives the same ids every run.
+        self._run = ""
         self._seq = itertools.count(1)
 
     # ------------------------------------------------------------------ callbacks
@@ -169,7 +176,10 @@ class Strategy:
     # ------------------------------------------------------------------ actions
 
     def order_id(self) -> str:
-        """A new client order id, unique per run and strategy."""
+        """A new client order id, unique per run and strategy: ``<id>-<stamp>-<n>``, the
+        stamp from the kernel clock at the first order (ms, base 36)."""
+        if not self._run:
+            self._run = _base36(self.ctx.clock.now_ns() // 1_000_000 % 36**8)
         return f"{self.id}-{self._run}-{next(self._seq)}"
 
     def submit(
@@ -219,6 +229,7 @@ class Strategy:
         if order is None:
             return False
         self.stats["cancels"] += 1
+        order.status = "canceling"
         self._publish(
             "ord.cancel",
             OrderCancel(client_order_id, self.id, order.request.symbol, self.ctx.clock.now_ns()),
@@ -275,19 +286,27 @@ class Strategy:
         self.on_timer(name, payload)
 
     def _book(self, book: BookTop) -> None:
+        if book.symbol not in self._wanted:
+            return
         self.books[book.symbol] = book
         self._cause_ns = book.ts_recv_ns
         self.on_book(book)
 
     def _trade(self, trade: Trade) -> None:
+        if trade.symbol not in self._wanted:
+            return
         self._cause_ns = trade.ts_recv_ns
         self.on_trade(trade)
 
     def _features(self, features: FeatureVector) -> None:
+        if features.symbol not in self._wanted:
+            return
         self._cause_ns = features.ts_recv_ns
         self.on_features(features)
 
     def _position(self, position: Position) -> None:
+        if position.symbol not in self._wanted:
+            return
         self.positions[position.symbol] = position
         self.on_position(position)
 
@@ -352,7 +371,7 @@ def _base36(n: int) -> str:
 class _StrategyPlugin:
     """The pluggy plugin object that runs instances of one Strategy class."""
 
-    def __init__(self, cls: type[Strategy]) -> None:
+    def __init__(self, cls: type[Strategy[Any]]) -> None:
         self.cls = cls
 
     @hookimpl
@@ -360,7 +379,7 @@ class _StrategyPlugin:
         return self.cls.Config
 
     @hookimpl
-    def tickbus_setup(self, ctx: PluginContext) -> Strategy:
+    def tickbus_setup(self, ctx: PluginContext) -> Strategy[Any]:
         cfg = ctx.config
         bad = [s for s in cfg.symbols if not SYMBOL.fullmatch(s)]
         if bad or not cfg.symbols:
@@ -377,7 +396,7 @@ class _StrategyPlugin:
 
     @hookimpl
     def tickbus_stop(self, ctx: PluginContext) -> None:
-        strategy: Strategy = ctx.component
+        strategy: Strategy[Any] = ctx.component
         strategy.on_stop()
         for name in list(strategy._timers):
             strategy.cancel_timer(name)
@@ -395,7 +414,7 @@ def _closed(log: logging.Logger) -> Callable[[str, Any], None]:
     return publish
 
 
-def strategy_plugin(cls: type[Strategy]) -> Any:
+def strategy_plugin(cls: type[Strategy[Any]]) -> Any:
     """The plugin object for a Strategy class: point an entry point of the ``tickbus`` group
     at it (``my_strategy = "my_pkg.module:plugin"``)."""
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):

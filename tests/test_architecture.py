@@ -128,7 +128,12 @@ def test_a_wheel_installs_one_top_level_package_beside_a_foreign_tools(tmp_path:
         zf.extractall(site)
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"tickbus"}, tops
-    assert "tickbus/plugins/binance/data/btcusdt_spot_20240808_sample.gz" in names
+    for data in (
+        "tickbus/plugins/binance/data/btcusdt_spot_20240808_sample.gz",
+        "tickbus/plugins/signals/model/spot_lr.onnx",
+        "tickbus/plugins/risk/data/exchangeinfo_spot.json",
+    ):
+        assert data in names, f"{data} is not in the wheel"
     probe = (
         "import tools, tickbus.tools.sniffer, tickbus.kernel.cli, tickbus.plugins.book.plugin;"
         "assert tools.FOREIGN; print(tickbus.kernel.cli.__file__)"

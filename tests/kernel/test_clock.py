@@ -120,3 +120,24 @@ def test_live_timer_fires_on_the_lane_after_the_delay(start_kernel) -> None:
     assert [tag for tag, _ in state["fired"]] == ["at", "later"]
     assert state["fired"][0][1] >= 0.045 and state["fired"][1][1] >= 0.145
     assert state["thread"] == "lane-x"
+
+
+def test_timers_set_before_the_data_count_from_its_first_timestamp() -> None:
+    """A plugin's start-up call_later(1 s) on a replay clock still at 0 used to fire at
+    1970 + 1 s - and a periodic timer re-armed once per second since the epoch."""
+    clock = ReplayClock()
+    fired: list[int] = []
+    t0 = 1_723_075_200_000_000_000  # 2024-08-08, a recorded timestamp
+
+    def run(loop) -> None:
+        def periodic() -> None:
+            fired.append(clock.now_ns())
+            clock.schedule(clock.now_ns() + 1_000_000_000, periodic, (), loop)
+
+        clock.schedule_in(1_000_000_000, periodic, (), loop)
+        clock.advance(t0)
+        assert fired == [], "nothing is due at the first recorded timestamp"
+        clock.advance(t0 + 3_500_000_000)
+
+    in_loop(run)
+    assert fired == [t0 + 1_000_000_000, t0 + 2_000_000_000, t0 + 3_000_000_000]

@@ -57,18 +57,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import msgspec
+import zmq
 
-import msgspec  # noqa: E402
-import zmq  # noqa: E402
+from tickbus.kernel import PluginContext, hookimpl
+from tickbus.kernel.app import Kernel
+from tickbus.kernel.config import parse_config
+from tickbus.kernel.lane import Lane
+from tickbus.schemas import SCALE, Trade
 
-from tickbus.kernel import PluginContext, hookimpl  # noqa: E402
-from tickbus.kernel.app import Kernel  # noqa: E402
-from tickbus.kernel.config import parse_config  # noqa: E402
-from tickbus.kernel.lane import Lane  # noqa: E402
-from tickbus.schemas import SCALE, Trade  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]  # the repository: test plugins, subprocess cwd
 
 TOPIC = "md.trade.BTCUSDT"  # throughput messages
 LAT_TOPIC = "md.trade.ETHUSDT"  # latency messages (their own handler)
@@ -309,7 +307,7 @@ def make_trades(n: int) -> list[Trade]:
 
 def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    paths = [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.update(extra)
     return env
