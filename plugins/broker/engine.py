@@ -52,7 +52,7 @@ from .matching import (
     walk,
 )
 from .orders import Order
-from .positions import PositionBook, fee_of, rate_of, total
+from .positions import PositionBook, div_round, rate_of, total
 
 _EPOCH_NS = 10**18
 """A receive time above this is wall-clock (epoch) time - 2001 in ns; a monotonic clock would
@@ -186,8 +186,9 @@ class PaperBroker:
         )  # fmt: skip
         self._prob = self.model.prob
         self._join = self.model.join if kind == "touch" else None
-        self._maker = rate_of(cfg.maker_fee_bps)
-        self._taker = rate_of(cfg.taker_fee_bps)
+        maker, taker = rate_of(cfg.maker_fee_bps), rate_of(cfg.taker_fee_bps)
+        self._maker = (maker.numerator, maker.denominator)
+        self._taker = (taker.numerator, taker.denominator)
         slip = rate_of(cfg.adverse_selection_bps)
         self._slip_buy, self._slip_sell = 1 + slip, 1 - slip
         self._slipped = bool(slip)
@@ -510,7 +511,8 @@ class PaperBroker:
         ts_recv_ns: int,
     ) -> None:  # fmt: skip
         """One execution: order state, fill, report, position."""
-        fee = fee_of(px * qty, self._maker if maker else self._taker)
+        num, den = self._maker if maker else self._taker
+        fee = div_round(px * qty * num, den)  # fee_of, with the rate's terms at hand
         order.add_fill(px, qty, fee)
         now = self._now()
         r = order.req
@@ -564,16 +566,22 @@ class PaperBroker:
         levels = m.levels(not side.buy)[0]
         other = m.sells if side.buy else m.buys
         best_other = book.ask_px if side.buy else book.bid_px
+        took: dict[int, int] = {}  # committed once at the end (a take rebuilds the state)
+        fills: list[tuple[Order, int]] = []
         for lv in side.ordered():
             if (lv.px < best_other) if side.buy else (lv.px > best_other):
                 break
-            for order in list(lv.orders):
-                got = walk(levels, order.leaves, lv.px, side.buy, other)
+            for order in lv.orders:
+                got = walk(levels, order.leaves, lv.px, side.buy, other, took)
                 if not got:
-                    return  # nothing left to take at our prices
-                other.take(got)
-                self._fill(m, order, lv.px, sum(q for _, q in got), True, book.ts_exchange_ns,
-                           book.ts_recv_ns)  # fmt: skip
+                    break  # nothing left to take at our prices
+                for px, q in got:
+                    took[px] = took.get(px, 0) + q
+                fills.append((order, sum(q for _, q in got)))
+        if took:
+            other.take(list(took.items()))
+        for order, q in fills:
+            self._fill(m, order, order.px, q, True, book.ts_exchange_ns, book.ts_recv_ns)
 
     # ------------------------------------------------------------------ output
 

@@ -89,12 +89,14 @@ def displayed_at(view: SideView, px: int, buy: bool) -> int:
 
 
 def walk(
-    levels: list[tuple[int, int]], qty: int, limit_px: int, buy: bool, taken: SideBook
-) -> list[tuple[int, int]]:
+    levels: list[tuple[int, int]], qty: int, limit_px: int, buy: bool, taken: SideBook,
+    pending: dict[int, int] | None = None,
+) -> list[tuple[int, int]]:  # fmt: skip
     """The fills of an aggressive order of ``qty`` (``buy``: it buys) against ``levels``
     (the other side, best first) up to ``limit_px`` (0: no limit): [(price, qty), ...], at
     most what each level displays minus what we already took from it (``taken``: that
-    side). Takes nothing (the caller commits with :meth:`SideBook.take`)."""
+    side; ``pending``: taken too, not committed yet). Takes nothing (the caller commits
+    with :meth:`SideBook.take`)."""
     out: list[tuple[int, int]] = []
     for px, shown in levels:
         if qty <= 0:
@@ -102,6 +104,8 @@ def walk(
         if limit_px and (px > limit_px if buy else px < limit_px):
             break
         avail = taken.available(px, shown)
+        if pending:
+            avail -= pending.get(px, 0)
         if avail > 0:
             q = avail if avail < qty else qty
             out.append((px, q))
@@ -354,28 +358,33 @@ class SideBook:
 
     def _rebuild(self, taken: dict[int, int] | None) -> None:
         """A new scan state for the current levels and ``taken`` (None: as it is); pending
-        caps and shown quantities carry over, taken prices no longer counted drop out."""
+        caps and shown quantities carry over, taken prices no longer counted drop out.
+        Built from Python lists in one go: element-wise numpy writes cost ~0.1 us each."""
         if taken is None:
-            taken = self.taken()
+            taken = self.taken() if self.nt else {}
         lvls = self.ordered()
+        old_cap, old_shown = self.st[CAP].tolist(), self.st[SHOWN].tolist()
+        px: list[int] = []
+        cap: list[int] = []
+        shown: list[int] = []
+        for i, lv in enumerate(lvls):
+            px.append(lv.px)
+            if lv.idx >= 0:
+                cap.append(old_cap[lv.idx])
+                shown.append(old_shown[lv.idx])
+            else:
+                cap.append(UNKNOWN)
+                shown.append(lv.shown0)
+            lv.idx = i
         n = len(lvls)
         tpx = sorted(taken, reverse=self.buy)
-        old = self.st
-        st = np.zeros((4, n + len(tpx)), np.int64)
-        for i, lv in enumerate(lvls):
-            st[PX, i] = lv.px
-            if lv.idx >= 0:
-                st[CAP, i] = old[CAP, lv.idx]
-                st[SHOWN, i] = old[SHOWN, lv.idx]
-            else:
-                st[CAP, i] = UNKNOWN
-                st[SHOWN, i] = lv.shown0
-            lv.idx = i
-        for j, px in enumerate(tpx):
-            st[PX, n + j] = px
-            st[CAP, n + j] = taken[px]
-        self.st, self.n, self.nt = st, n, len(tpx)
-        self.tcol = {px: n + j for j, px in enumerate(tpx)}
+        px += tpx
+        cap += [taken[p] for p in tpx]
+        shown += [0] * len(tpx)
+        width = len(px)
+        self.st = np.array(px + cap + shown + [0] * width, dtype=np.int64).reshape(4, width)
+        self.n, self.nt = n, len(tpx)
+        self.tcol = {p: n + j for j, p in enumerate(tpx)}
         self.dirty = False
 
 

@@ -103,8 +103,10 @@ class Order:
     def update(self, reason: str, ts_recv_ns: int, now_ns: int) -> OrderUpdate:
         """The ``OrderUpdate`` announcing the current state."""
         r = self.req
+        st = self.status
+        f = self.filled
         return OrderUpdate(
-            r.client_order_id, r.strategy_id, r.symbol, r.side, r.order_type, self.status,
-            r.px, r.qty, self.filled, self.leaves if self.working else 0, self.avg_px, reason,
-            ts_recv_ns, now_ns,
-        )  # fmt: skip
+            r.client_order_id, r.strategy_id, r.symbol, r.side, r.order_type, st, r.px, r.qty,
+            f, self.leaves if st == "accepted" or st == "partially_filled" else 0,
+            (2 * self.notional + f) // (2 * f) if f else 0, reason, ts_recv_ns, now_ns,
+        )  # fmt: skip  # (working and avg_px inlined: this runs for every report)

@@ -11,7 +11,9 @@ else the bundled 3-minute sample) is turned into the ``md.book`` (top 20) and ``
 messages the plugins publish (parser + book sync, no bus). A market maker keeps ``--orders``
 GTC limit orders working: 5 per price on each of the 10 best levels of each side, topped up
 after fills and re-centred every 50 books (orders no longer within the 10 best levels are
-cancelled). Every broker in the comparison gets exactly the same messages and commands.
+cancelled). Each broker replays the capture alone (one after the other, the order rotating
+between runs: interleaving them per message would let each evict the others' data from the
+caches); the market maker follows the broker's own reports, which must be identical.
 
 What is timed (``perf_counter_ns`` around one handler call; the broker publishes into a list,
 no bus):
@@ -411,76 +413,96 @@ class Maker:
         return out
 
 
-def run_once(
-    msgs: list[BookTop | Trade], symbol: str, cfg: BrokerConfig, n_orders: int
-) -> tuple[dict[str, dict[str, list[int]]], int]:
-    """One replay, the three brokers interleaved per message (order rotating). Returns the
-    samples per broker and kind, and how many outputs were compared."""
+NAMES = ("tickbus", "tickbus-py", "baseline")
+
+
+def replay_one(
+    name: str, msgs: list[BookTop | Trade], symbol: str, cfg: BrokerConfig, n_orders: int
+) -> tuple[dict[str, list[int]], list[tuple[Any, ...]]]:
+    """One broker replays the capture alone (interleaving brokers per message would let one
+    evict the other's data from the caches); the market maker follows its reports. Returns
+    the samples per kind and every output (as compared)."""
     clock = Clock()
-    names = ("tickbus", "tickbus-py", "baseline")
-    outs: dict[str, list[Msg]] = {n: [] for n in names}
-    brokers: dict[str, Any] = {}
-    for name in names:
-        out = outs[name]
-
-        def publish(topic: str, msg: Msg, out: list[Msg] = out) -> None:
-            out.append(msg)
-
-        if name == "baseline":
-            brokers[name] = BaselineBroker(cfg, publish, clock)
-        else:
-            b = PaperBroker(cfg, publish=publish, clock=clock, call_at=_no_timer)
-            brokers[name] = b
-    samples: dict[str, dict[str, list[int]]] = {n: {k: [] for k in KINDS} for n in names}
+    out: list[Msg] = []
+    publish = _appender(out)
+    broker: Any
+    if name == "baseline":
+        broker = BaselineBroker(cfg, publish, clock)
+    else:
+        broker = PaperBroker(cfg, publish=publish, clock=clock, call_at=_no_timer)
+    samples: dict[str, list[int]] = {k: [] for k in KINDS}
+    s_accept, s_book, s_trade = samples["accept"], samples["book"], samples["trade"]
+    keys: list[tuple[Any, ...]] = []
     maker = Maker(n_orders, symbol)
-    compared = [0]
-
-    def check(after: Any) -> None:
-        """All three said exactly the same; the order flow follows what they said."""
-        new = [_key(m) for m in outs["tickbus"]]
-        for name in names[1:]:
-            other = [_key(m) for m in outs[name]]
-            if other != new:
-                raise SystemExit(f"{name} and tickbus disagree after {after!r}:\n"
-                                 f"tickbus {new}\n{name} {other}")  # fmt: skip
-        for m in outs["tickbus"]:
-            maker.observe(m)
-        for out in outs.values():
-            del out[:]
-        compared[0] += len(new)
-
+    on_book, on_trade, on_accepted = broker.on_book, broker.on_trade, broker.on_accepted
     books = 0
-    rot = itertools.cycle([names, names[1:] + names[:1], names[2:] + names[:2]])
     perf = time.perf_counter_ns
     for msg in msgs:
         clock.ns = msg.ts_recv_ns
-        is_book = type(msg) is BookTop
-        kind = "book" if is_book else "trade"
-        for name in next(rot):
-            b = brokers[name]
-            handler = b.on_book if is_book else b.on_trade
-            if is_book and name == "tickbus-py" and msg.symbol not in b.markets:
-                handler(msg)  # creates the market; its sides then use the Python scan
-                m = b.markets[msg.symbol]
+        if type(msg) is BookTop:
+            if name == "tickbus-py" and not books:
+                on_book(msg)  # creates the market; its sides then use the Python scan
+                m = broker.markets[msg.symbol]
                 m.buys.__class__ = m.sells.__class__ = PyScanSideBook
-                continue
+            else:
+                t0 = perf()
+                on_book(msg)
+                s_book.append(perf() - t0)
+        else:
             t0 = perf()
-            handler(msg)
-            samples[name][kind].append(perf() - t0)
-        check(msg)
+            on_trade(msg)
+            s_trade.append(perf() - t0)
+        if out:
+            _observe(out, maker, keys)
         if type(msg) is not BookTop:
             continue
         books += 1
         for c in maker.recentre(msg) if books % 50 == 0 else []:
-            for b in brokers.values():
-                b.on_cancel(c)
+            broker.on_cancel(c)
         for a in maker.top_up(msg):
-            for name in next(rot):
-                t0 = perf()
-                brokers[name].on_accepted(a)
-                samples[name]["accept"].append(perf() - t0)
-        check(msg)
-    return samples, compared[0]
+            t0 = perf()
+            on_accepted(a)
+            s_accept.append(perf() - t0)
+        _observe(out, maker, keys)
+    return samples, keys
+
+
+def _appender(out: list[Msg]) -> Callable[[str, Msg], None]:
+    def publish(topic: str, msg: Msg) -> None:
+        out.append(msg)
+
+    return publish
+
+
+def _observe(out: list[Msg], maker: Maker, keys: list[tuple[Any, ...]]) -> None:
+    """The order flow follows the broker's reports; keep what must be equal."""
+    for m in out:
+        maker.observe(m)
+        keys.append(_key(m))
+    del out[:]
+
+
+def run_once(
+    msgs: list[BookTop | Trade], symbol: str, cfg: BrokerConfig, n_orders: int, order: int
+) -> tuple[dict[str, dict[str, list[int]]], int]:
+    """Each broker replays once, in a rotating order; all must have said exactly the same.
+    Returns the samples per broker and kind, and how many outputs were compared."""
+    names = NAMES[order % 3 :] + NAMES[: order % 3]
+    samples: dict[str, dict[str, list[int]]] = {}
+    outputs: dict[str, list[tuple[Any, ...]]] = {}
+    for name in names:
+        samples[name], outputs[name] = replay_one(name, msgs, symbol, cfg, n_orders)
+    ref = outputs["tickbus"]
+    for name in NAMES[1:]:
+        other = outputs[name]
+        if other != ref:
+            i = next((k for k, (a, b) in enumerate(zip(ref, other, strict=False)) if a != b),
+                     min(len(ref), len(other)))  # fmt: skip
+            raise SystemExit(
+                f"{name} and tickbus disagree at output {i}: "
+                f"{other[i] if i < len(other) else None} != {ref[i] if i < len(ref) else None}"
+            )
+    return samples, len(ref)
 
 
 def _key(m: Msg) -> tuple[Any, ...]:
@@ -539,8 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     gc.disable()
     try:
-        for _ in range(args.runs):
-            samples, compared = run_once(msgs, symbol, cfg, args.orders)
+        for r in range(args.runs):
+            samples, compared = run_once(msgs, symbol, cfg, args.orders, r)
             runs.append(samples)
     finally:
         gc.enable()
@@ -554,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     for kind in KINDS:
         med: dict[str, float] = {}
-        for name in ("tickbus", "tickbus-py", "baseline"):
+        for name in NAMES:
             p50s = [pct(r[name][kind], 50) for r in runs]
             p99s = [pct(r[name][kind], 99) for r in runs]
             n = len(runs[0][name][kind])
