@@ -364,7 +364,7 @@ class Feed:
                 if self._ws is not None:
                     self.ctx.spawn(self._ws.close(), name="close")
                 return
-            self._bad(str(err), frame)
+            self._bad(f"{err.kind}: {err}", frame)  # logged once per kind
             return
         key = (type(msg), msg.symbol)
         topic = self._topics.get(key)
@@ -447,7 +447,7 @@ class Feed:
                     self.stats["rest_errors"] += 1
                     why = str(err) or type(err).__name__
                 except FrameError as err:
-                    self._bad(f"snapshot: {err}", body)
+                    self._bad(f"snapshot {err.kind}: {err}", body)
                     why = f"unusable body ({str(err)[:100]})"
                 except Exception as err:  # a bug must not leave the book unsynced for good
                     self._unexpected("snapshot fetch", err)
@@ -475,7 +475,7 @@ def tickbus_config_type() -> type[FeedConfig]:
 
 @hookimpl
 def tickbus_setup(ctx: PluginContext) -> Feed:
-    warmup()  # compile (or load) the numba kernels now, not on the first frame
+    warmup(ctx.log)  # compile (or load) the numba kernels now, not on the first frame
     feed = Feed(ctx, ctx.config)
     feed.check_venue()
     ctx.subscribe("md.resync.", feed.on_resync)

@@ -227,7 +227,7 @@ class Replay:
         try:
             snap = self.parser.parse_snapshot(payload, symbol, ts)
         except FrameError as err:
-            self._skip(str(err), payload, kind)
+            self._skip(f"{err.kind}: {err}", payload, kind)
             return
         if not SYMBOL_RE.fullmatch(snap.symbol):
             self._skip(f"not a symbol: {snap.symbol[:40]!r}", payload, "bad")
@@ -258,7 +258,7 @@ class Replay:
                     try:
                         msg = parse(payload, ts)
                     except FrameError as err:
-                        self._skip(str(err), payload, kind)
+                        self._skip(f"{err.kind}: {err}", payload, kind)
                         continue
                     topic = topics[type(msg)].get(msg.symbol) or self._topic(msg, payload)
                     if topic:
@@ -293,7 +293,7 @@ class Replay:
             try:
                 msg = self.parser.parse(payload, ts)
             except FrameError as err:
-                self._skip(str(err), payload, kind)
+                self._skip(f"{err.kind}: {err}", payload, kind)
                 continue
             topic = self._topics[type(msg)].get(msg.symbol) or self._topic(msg, payload)
             if topic:
@@ -413,7 +413,7 @@ def tickbus_config_type() -> type[ReplayConfig]:
 
 @hookimpl
 def tickbus_setup(ctx: PluginContext) -> Replay:
-    warmup()  # compile (or load) the numba kernels now, not on the first frame
+    warmup(ctx.log)  # compile (or load) the numba kernels now, not on the first frame
     replay = Replay(ctx, ctx.config)
     ctx.subscribe("md.resync.", replay.on_resync)
     return replay
