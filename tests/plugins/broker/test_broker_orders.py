@@ -341,13 +341,15 @@ def test_bad_input_is_counted_and_skipped(start_kernel, caplog) -> None:
     assert v.status(a) == "accepted"
 
 
-def test_status_fragment(start_kernel) -> None:
+def test_status_fragment(start_kernel, caplog) -> None:
     v = Venue(start_kernel)
     book5(v)
     v.order("buy", Q)
     v.order("buy", Q, P - SCALE)
-    text = v.lane.call(v.broker.status)
-    assert text.startswith("1 working, 1 fills, 0 rejected; PnL ") and "BTCUSDT 1" in text
+    with caplog.at_level("INFO", logger="tickbus"):
+        v.k.log_status()  # the kernel's periodic status line, through the hook
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("status:")]
+    assert "paper_broker: 1 working, 1 fills, 0 rejected; PnL " in line and "BTCUSDT 1" in line
 
 
 def test_the_total_over_symbols_is_published_when_asked(start_kernel) -> None:
