@@ -71,12 +71,17 @@ def test_the_calibrated_config_trades_on_the_bundled_sample(first_run: list[Any]
     assert all(s.suppressed.startswith("confidence ") for s in sigs if s.suppressed)
     assert all(abs(s.strength) == 1.0 and s.direction in (-1, 1) for s in sigs)
     assert len(orders) >= 4
-    for o in orders:
+    entries = [o for o in orders if not o.reduce_only]
+    exits = [o for o in orders if o.reduce_only]
+    assert entries and exits, "the config runs the paper broker: positions open and close"
+    for o in entries:
         assert (o.strategy_id, o.symbol, o.qty) == ("imbalance", "BTCUSDT", SCALE // 200)
         assert o.order_type == "limit" and o.px > 0 and o.ts_recv_ns > 0
-    # every order follows an active signal of its direction, or replaces such an order
+    for o in exits:  # exit_price_mode = "market", never more than the position
+        assert o.order_type == "market" and 0 < o.qty <= SCALE // 100
+    # every entry follows an active signal of its direction, or replaces such an order
     by_id = {o.client_order_id: o for o in orders}
-    for o in orders:
+    for o in entries:
         root = o
         while root.replaces:
             root = by_id[root.replaces]
