@@ -1,0 +1,650 @@
+"""``tickbus backtest``: the full pipeline on recorded data, as fast as the machine allows.
+
+::
+
+    tickbus backtest CONFIG [--data FILE ...] [--out DIR] [--set KEY=VALUE ...]
+    tickbus backtest CONFIG --sweep KEY=V1,V2,... [--sweep KEY=...] [--jobs N]
+
+One backtest is one in-process kernel built from CONFIG with the live plugins unchanged;
+only the clock and the feed differ from a live run: ``[kernel] clock = "replay"`` is forced,
+the (one) ``replay_feed`` instance plays at full speed (``speed = 0``, ``exit_at_end``) the
+config's files or ``--data FILE ...``. The bus gets no external endpoints (no tap, no
+``listen_*``/``join_*``: a backtest is a closed process, and runs side by side with others);
+``[kernel] state_dir`` and every ``persistence`` instance's database go to ``--out``.
+
+Into ``--out`` (default ``backtest-out/<config name>``) it writes, replacing what a previous
+backtest wrote there:
+
+* ``orders.jsonl``: every ``ord.request``, ``ord.accepted``, ``ord.rejected``,
+  ``ord.cancel`` and ``exec.report``, one JSON object per line in the order the bus
+  delivered them (``{"type": ..., <fields>}``, exact integer prices and quantities);
+* ``fills.jsonl``: every ``exec.fill``;
+* ``summary.json``: the report's figures.
+
+Same config and data give byte-identical ``orders.jsonl`` and ``fills.jsonl``: time is the
+recorded time, randomness is seeded. Client order ids carry a per-run stamp taken from the
+wall clock (so that two live runs never reuse an id); the logs write it as ``RUN``
+(``imbalance-RUN-17``), and it is the only thing the logs leave out.
+
+The report (stdout; ``--json`` for JSON) gives PnL realised / unrealised / after fees, round
+trips ("trades") and their win rate, max drawdown, Sharpe, fills, orders, and the engine's
+speed: frames replayed per second of the replay phase and the wall time of the whole run.
+The exit status is the kernel's: non-zero if the run failed (bad frames skipped, a plugin
+died...), 2 for a bad command line or config.
+
+``--set KEY=VALUE`` changes one setting: ``instance.key`` (``imbalance.imbalance_threshold``,
+``risk.max_order_size``; the plugin's name works too when one instance runs it) or a bare
+``key`` for every strategy instance that has it. ``--sweep KEY=V1,V2,...`` (repeatable) runs
+the cartesian product of such settings, one backtest process per combination, ``--jobs``
+at a time (default: one per core), and tabulates PnL, Sharpe, drawdown and trades per
+combination (``sweep.tsv`` and ``sweep.json`` in ``--out``, each run in ``run-NNN/``).
+Values are TOML (``0.3``, ``true``, ``"touch"``; a bare word is a string).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tickbus.kernel import PluginContext, StrategyConfig, TickbusError, hookimpl
+from tickbus.kernel.config import Config, PluginEntry, load_config
+from tickbus.kernel.errors import ConfigError
+from tickbus.kernel.plugins import PluginManager
+from tickbus.schemas import NOTIONAL_SCALE, Msg, Position
+
+log = logging.getLogger("tickbus.backtest")
+
+LOG_NAME = "backtest_log"
+"""The instance (and plugin) name of the backtest's own recorder."""
+OUTPUTS = ("orders.jsonl", "fills.jsonl", "summary.json")
+_DB_SUFFIXES = ("", "-wal", "-shm")
+# client order ids: <strategy>-<run stamp>-<seq> (kernel.strategy), <risk>-flat-<stamp>-<seq>
+_RUN_STAMP = re.compile(r"^(?P<head>.+)-[0-9a-z]{1,8}-(?P<seq>[0-9]+)$")
+_ID_FIELDS = ("client_order_id", "replaces")
+_SHARPE_BUCKET_NS = 1_000_000_000
+_SECONDS_PER_YEAR = 365 * 86_400  # crypto trades every day
+
+
+# --------------------------------------------------------------------------- the config
+
+
+def strategy_instances(cfg: Config, manager: PluginManager) -> dict[str, type]:
+    """Enabled instances whose plugin's config is a ``StrategyConfig``: their config types."""
+    out = {}
+    for name, entry in cfg.plugins.items():
+        if entry.enabled:
+            type_ = manager._caller("tickbus_config_type", entry.plugin)()
+            if isinstance(type_, type) and issubclass(type_, StrategyConfig):
+                out[name] = type_
+    return out
+
+
+def _settings_of(manager: PluginManager, entry: PluginEntry) -> tuple[str, ...]:
+    type_ = manager._caller("tickbus_config_type", entry.plugin)()
+    if type_ is None:
+        return ()
+    return tuple(f.name for f in msgspec.structs.fields(type_))
+
+
+def resolve_key(cfg: Config, manager: PluginManager, key: str, flag: str) -> list[tuple[str, str]]:
+    """``instance.setting``, ``plugin.setting`` or a strategy ``setting`` -> the
+    (instance, setting) pairs it changes; TickbusError if it names nothing."""
+    enabled = {n: e for n, e in cfg.plugins.items() if e.enabled}
+    if "." in key:
+        head, setting = key.split(".", 1)
+        names = [head] if head in enabled else [n for n, e in enabled.items() if e.plugin == head]
+        if not names:
+            raise TickbusError(
+                f"{flag} {key}: no enabled plugin instance or plugin named {head!r}"
+                f" (instances: {', '.join(enabled)})"
+            )
+        for name in names:
+            known = _settings_of(manager, enabled[name])
+            if setting not in known:
+                raise TickbusError(
+                    f"{flag} {key}: plugin instance {name!r} has no setting {setting!r}"
+                    f" (settings: {', '.join(known) or 'none'})"
+                )
+        return [(n, setting) for n in names]
+    strategies = strategy_instances(cfg, manager)
+    found = [
+        (n, key) for n, t in strategies.items() if key in {f.name for f in msgspec.structs.fields(t)}
+    ]
+    if not found:
+        where = ", ".join(strategies) or "none in the config"
+        raise TickbusError(
+            f"{flag} {key}: no strategy instance has a setting {key!r} (strategies: {where};"
+            " name other plugins' settings as instance.key)"
+        )
+    return found
+
+
+def parse_value(text: str) -> Any:
+    """A TOML value (``0.3``, ``true``, ``"touch"``, ``[1, 2]``); a bare word is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_values(text: str) -> list[Any]:
+    """``V1,V2,...`` of ``--sweep``: a TOML array's items, else comma-separated values."""
+    try:
+        values = tomllib.loads(f"v = [{text}]")["v"]
+    except tomllib.TOMLDecodeError:
+        values = [parse_value(v.strip()) for v in text.split(",")]
+    return list(values)
+
+
+def split_assignment(text: str, flag: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise TickbusError(f"{flag} {text!r}: expected KEY=VALUE")
+    return key.strip(), value.strip()
+
+
+def with_settings(cfg: Config, changes: dict[str, dict[str, Any]]) -> Config:
+    """``cfg`` with instance settings replaced (``{instance: {setting: value}}``)."""
+    plugins = dict(cfg.plugins)
+    for name, new in changes.items():
+        e = plugins[name]
+        plugins[name] = msgspec.structs.replace(e, settings={**e.settings, **new})
+    return msgspec.structs.replace(cfg, plugins=plugins)
+
+
+def apply_sets(
+    cfg: Config, manager: PluginManager, sets: Sequence[tuple[str, Any]], flag: str = "--set"
+) -> Config:
+    """Apply ``(key, value)`` settings and validate the instances they touch (a value of
+    the wrong type is a one-line error naming the flag)."""
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in sets:
+        for name, setting in resolve_key(cfg, manager, key, flag):
+            changes.setdefault(name, {})[setting] = value
+    out = with_settings(cfg, changes)
+    for name in changes:
+        try:
+            manager.validate_settings(out, name)
+        except ConfigError as err:
+            raise TickbusError(f"{flag}: {err.key}: {err.problem}") from None
+    return out
+
+
+def backtest_config(cfg: Config, data: Sequence[str], out: Path) -> tuple[Config, str]:
+    """The config of a backtest run (see the module docstring) and its replay instance."""
+    replays = [n for n, e in cfg.plugins.items() if e.enabled and e.plugin == "replay_feed"]
+    if len(replays) != 1:
+        raise ConfigError(
+            cfg.path, "plugins",
+            f"a backtest needs exactly one enabled replay_feed instance (found {len(replays)})",
+        )  # fmt: skip
+    replay = replays[0]
+    new: dict[str, Any] = {"speed": 0.0, "exit_at_end": True}
+    if data:
+        new["files"] = [str(Path(f).resolve()) for f in data]
+    changes = {replay: new}
+    for name, e in cfg.plugins.items():
+        if e.enabled and e.plugin == "persistence":
+            changes[name] = {"path": str(out.resolve() / f"{name}.db")}
+    cfg = with_settings(cfg, changes)
+    kernel = msgspec.structs.replace(cfg.kernel, clock="replay", state_dir=str(out.resolve()))
+    bus = msgspec.structs.replace(
+        cfg.bus, tap="", listen_pub=[], listen_sub=[], listen_tap_pub=[], join_pub="",
+        join_sub="", join_tap="",
+    )  # fmt: skip
+    # the recorder first: in a lane, handlers run in subscription order, so it logs each
+    # order request before what it causes (accepted, fills...)
+    lane = next(
+        (e.lane for e in cfg.plugins.values() if e.enabled and e.plugin == "paper_broker"),
+        cfg.plugins[replay].lane,
+    )
+    plugins = {LOG_NAME: PluginEntry(LOG_NAME, LOG_NAME, lane, True, (), {}), **cfg.plugins}
+    return msgspec.structs.replace(cfg, kernel=kernel, bus=bus, plugins=plugins), replay
+
+
+# --------------------------------------------------------------------------- the recorder
+
+
+def canonical(rec: dict[str, Any]) -> dict[str, Any]:
+    """A message record with the wall-clock run stamp of its order ids written as RUN."""
+    for k, v in rec.items():
+        if k in _ID_FIELDS and isinstance(v, str) and v:
+            rec[k] = _RUN_STAMP.sub(r"\g<head>-RUN-\g<seq>", v)
+        elif isinstance(v, dict):
+            canonical(v)
+    return rec
+
+
+class Equity:
+    """Net PnL (realised + unrealised - fees, summed over symbols) from the Position
+    stream: round trips, wins, max drawdown, and the 1-second equity samples for Sharpe."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, Position] = {}
+        self.net = 0
+        self.peak = 0
+        self.max_drawdown = 0
+        self.trades = 0
+        self.wins = 0
+        self._open: dict[str, int] = {}  # symbol -> realised - fees when the trip opened
+        self.buckets: list[int] = []
+        """Net PnL at the end of each second (recorded time) since the first position."""
+        self._bucket_end = 0
+
+    def on_position(self, p: Position) -> None:
+        if p.symbol == "total":
+            return
+        prev = self.last.get(p.symbol)
+        self.last[p.symbol] = p
+        before = 0 if prev is None else prev.realized_pnl + prev.unrealized_pnl - prev.fees
+        self._sample(p.ts_update_ns)
+        self.net += p.realized_pnl + p.unrealized_pnl - p.fees - before
+        self.peak = max(self.peak, self.net)
+        self.max_drawdown = max(self.max_drawdown, self.peak - self.net)
+        self._round_trip(p, prev)
+
+    def _round_trip(self, p: Position, prev: Position | None) -> None:
+        """A round trip: flat -> position -> flat (or through zero: the flipping fill
+        closes one and opens the next). Its PnL: the change of realised - fees."""
+        was = 0 if prev is None else prev.qty
+        booked = p.realized_pnl - p.fees
+        if was and (p.qty == 0 or (p.qty > 0) != (was > 0)):
+            opened = self._open.pop(p.symbol, None)
+            if opened is not None:
+                self.trades += 1
+                self.wins += booked - opened > 0
+        if p.qty and p.symbol not in self._open:
+            self._open[p.symbol] = booked if was and (p.qty > 0) != (was > 0) else (
+                0 if prev is None else prev.realized_pnl - prev.fees
+            )
+
+    def _sample(self, ts_ns: int) -> None:
+        if not self._bucket_end:
+            self._bucket_end = ts_ns - ts_ns % _SHARPE_BUCKET_NS + _SHARPE_BUCKET_NS
+        while ts_ns >= self._bucket_end:
+            self.buckets.append(self.net)
+            self._bucket_end += _SHARPE_BUCKET_NS
+
+    def sharpe(self) -> float:
+        """Annualised Sharpe ratio of the 1-second net PnL changes (0 with no variation)."""
+        series = [*self.buckets, self.net]
+        steps = [b - a for a, b in itertools.pairwise([0, *series])]
+        if len(steps) < 2:
+            return 0.0
+        mean = sum(steps) / len(steps)
+        var = sum((s - mean) ** 2 for s in steps) / (len(steps) - 1)
+        if var <= 0:
+            return 0.0
+        return mean / math.sqrt(var) * math.sqrt(_SECONDS_PER_YEAR)
+
+
+class RunLog:
+    """The recorder's component: order and fill logs, equity, the replay phase's timing."""
+
+    def __init__(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.orders_file = open(out / "orders.jsonl", "wb")  # noqa: SIM115 - closed at shutdown
+        self.fills_file = open(out / "fills.jsonl", "wb")  # noqa: SIM115
+        self.enc = msgspec.json.Encoder()
+        self.equity = Equity()
+        self.counts: dict[str, int] = {}
+        self.t_start = self.t_end = 0.0
+
+    def _line(self, f: Any, msg: Msg) -> None:
+        from tickbus.tools.sniffer import to_record
+
+        name = type(msg).__name__
+        self.counts[name] = self.counts.get(name, 0) + 1
+        rec = canonical({"type": name, **to_record(msg)})
+        f.write(self.enc.encode(rec) + b"\n")
+
+    def on_order(self, msg: Msg) -> None:
+        self._line(self.orders_file, msg)
+
+    def on_fill(self, msg: Msg) -> None:
+        self._line(self.fills_file, msg)
+
+    def close(self) -> None:
+        self.orders_file.close()
+        self.fills_file.close()
+
+
+class Recorder:
+    """The backtest's own plugin (registered in-process as ``backtest_log``)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    @hookimpl
+    def tickbus_setup(self, ctx: PluginContext) -> RunLog:
+        rec = RunLog(self.out)
+        for topic in ("ord.request", "ord.accepted", "ord.rejected", "ord.cancel", "exec.report"):
+            ctx.subscribe(topic, rec.on_order)
+        ctx.subscribe("exec.fill", rec.on_fill)
+        ctx.subscribe("pos.", rec.equity.on_position)
+        return rec
+
+    @hookimpl
+    def tickbus_start(self, ctx: PluginContext) -> None:
+        ctx.component.t_start = time.perf_counter()  # first to start: before the replay
+
+    @hookimpl
+    def tickbus_stop(self, ctx: PluginContext) -> None:
+        ctx.component.t_end = time.perf_counter()
+
+    @hookimpl
+    def tickbus_shutdown(self, ctx: PluginContext) -> None:
+        ctx.component.close()
+
+
+# --------------------------------------------------------------------------- the report
+
+
+class Summary(msgspec.Struct, forbid_unknown_fields=True):
+    """What one backtest reports (``summary.json``); money in the quote asset."""
+
+    config: str
+    data: list[str]
+    settings: dict[str, Any]
+    exit_status: int
+    failures: list[str]
+    realized_pnl: float
+    unrealized_pnl: float
+    fees: float
+    net_pnl: float
+    """realized + unrealized - fees."""
+    trades: int
+    """Round trips: flat -> position -> flat (or through zero), per symbol."""
+    wins: int
+    win_rate: float
+    max_drawdown: float
+    sharpe: float
+    """Annualised, from 1-second net PnL changes of recorded time."""
+    fills: int
+    orders: int
+    rejected: int
+    positions: dict[str, float]
+    frames: int
+    replay_s: float
+    """Wall time of the replay phase (first plugin started -> data exhausted)."""
+    frames_per_s: float
+    wall_s: float
+    """Wall time of the whole backtest (load, set-up, replay, drain, report)."""
+    recorded_s: float
+    """Recorded time the data spans."""
+
+
+def _money(v: int) -> float:
+    return v / NOTIONAL_SCALE
+
+
+def summarize(
+    rec: RunLog, *, config: str, data: list[str], settings: dict[str, Any], rc: int,
+    failures: list[str], frames: int, wall_s: float, recorded_s: float,
+) -> Summary:  # fmt: skip
+    eq = rec.equity
+    pos = eq.last.values()
+    replay_s = max(rec.t_end - rec.t_start, 1e-9) if rec.t_start else 0.0
+    return Summary(
+        config=config, data=data, settings=settings, exit_status=rc, failures=failures,
+        realized_pnl=_money(sum(p.realized_pnl for p in pos)),
+        unrealized_pnl=_money(sum(p.unrealized_pnl for p in pos)),
+        fees=_money(sum(p.fees for p in pos)), net_pnl=_money(eq.net), trades=eq.trades,
+        wins=eq.wins, win_rate=eq.wins / eq.trades if eq.trades else 0.0,
+        max_drawdown=_money(eq.max_drawdown), sharpe=round(eq.sharpe(), 6),
+        fills=rec.counts.get("Fill", 0), orders=rec.counts.get("OrderRequest", 0),
+        rejected=rec.counts.get("OrderRejected", 0),
+        positions={p.symbol: p.qty / 1e8 for p in sorted(pos, key=lambda p: p.symbol)},
+        frames=frames, replay_s=round(replay_s, 6),
+        frames_per_s=round(frames / replay_s) if replay_s else 0.0,
+        wall_s=round(wall_s, 6), recorded_s=round(recorded_s, 3),
+    )  # fmt: skip
+
+
+def format_summary(s: Summary) -> str:
+    """The report as text."""
+    pos = ", ".join(f"{k} {v:g}" for k, v in s.positions.items()) or "none"
+    lines = [
+        f"backtest {s.config}" + (f" on {', '.join(Path(d).name for d in s.data)}" if s.data
+                                  else ""),  # fmt: skip
+        *(f"  setting   {k} = {v!r}" for k, v in s.settings.items()),
+        f"  PnL       net {s.net_pnl:+.4f} = realised {s.realized_pnl:+.4f}"
+        f" + unrealised {s.unrealized_pnl:+.4f} - fees {s.fees:.4f}",
+        f"  trades    {s.trades} round trips, win rate {s.win_rate:.1%}; {s.fills} fills,"
+        f" {s.orders} orders ({s.rejected} rejected by risk)",
+        f"  risk      max drawdown {s.max_drawdown:.4f}, Sharpe {s.sharpe:.2f}"
+        " (annualised, 1 s steps)",
+        f"  position  {pos}",
+        f"  speed     {s.frames:,} frames in {s.replay_s:.3f} s: {s.frames_per_s:,.0f} frames/s"
+        f" ({s.recorded_s / s.replay_s if s.replay_s else 0:,.0f}x real time);"
+        f" wall {s.wall_s:.2f} s",
+    ]
+    if s.exit_status:
+        lines.append(f"  FAILED    exit status {s.exit_status}: {'; '.join(s.failures)}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- one backtest
+
+
+def _clear_outputs(out: Path, cfg: Config) -> None:
+    """Remove what an earlier backtest wrote into ``out`` (only those files)."""
+    names = list(OUTPUTS)
+    for name, e in cfg.plugins.items():
+        if e.enabled and e.plugin == "persistence":
+            names += [f"{name}.db{s}" for s in _DB_SUFFIXES]
+    for name in names:
+        (out / name).unlink(missing_ok=True)
+
+
+def run_one(args: argparse.Namespace, t0: float) -> int:
+    from tickbus.kernel.app import Kernel
+    from tickbus.kernel.cli import log_level
+
+    out = Path(args.out or Path("backtest-out") / Path(args.config).stem)
+    base = load_config(args.config)
+    manager = PluginManager()
+    manager.load(base)
+    sets = [split_assignment(s, "--set") for s in args.set]
+    parsed = [(k, parse_value(v)) for k, v in sets]
+    cfg = apply_sets(base, manager, parsed)
+    cfg, replay = backtest_config(cfg, args.data or [], out)
+    level = "warning" if args.quiet else log_level(cfg.kernel.log_level)
+    logging.getLogger().setLevel(level.upper())
+    out.mkdir(parents=True, exist_ok=True)
+    _clear_outputs(out, cfg)
+    kernel = Kernel(cfg, extra_plugins={LOG_NAME: Recorder(out)})
+    rc = kernel.run()
+    rec: RunLog | None = kernel.contexts[LOG_NAME].component if LOG_NAME in kernel.contexts else None
+    if rec is None:  # stopped before set-up (a signal during start)
+        return rc or 1
+    replay_c = kernel.contexts[replay].component
+    first_ts = getattr(replay_c, "_status_at", (0, 0, 0))[2]
+    summary = summarize(
+        rec, config=args.config, data=[str(f) for f in replay_c.files], rc=rc,
+        settings=dict(parsed), failures=list(dict.fromkeys(kernel.failures)),
+        frames=replay_c.frames, wall_s=time.perf_counter() - t0,
+        recorded_s=0.0 if not first_ts else (replay_c.last_ts - first_ts) / 1e9,
+    )  # fmt: skip
+    (out / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)) + b"\n")
+    print(msgspec.json.encode(summary).decode() if args.json else format_summary(summary))
+    return rc
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def _child_cmd(args: argparse.Namespace, out: Path, sets: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "tickbus.tools.backtest", args.config, "--out", str(out),
+           "--quiet"]  # fmt: skip
+    if args.data:
+        cmd += ["--data", *[str(Path(f).resolve()) for f in args.data]]
+    for s in [*args.set, *sets]:
+        cmd += ["--set", s]
+    return cmd
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    return json.dumps(v) if isinstance(v, list | dict | bool) else repr(v)
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    base = load_config(args.config)
+    manager = PluginManager()
+    manager.load(base)
+    fixed = [split_assignment(s, "--set") for s in args.set]
+    base = apply_sets(base, manager, [(k, parse_value(v)) for k, v in fixed])
+    axes: list[tuple[str, list[Any]]] = []
+    for text in args.sweep:
+        key, values = split_assignment(text, "--sweep")
+        vals = parse_values(values)
+        if not vals:
+            raise TickbusError(f"--sweep {text!r}: no values")
+        resolve_key(base, manager, key, "--sweep")
+        for v in vals:  # a value of the wrong type: one line, before any run
+            apply_sets(base, manager, [(key, v)], f"--sweep {key}={_fmt_value(v)}")
+        axes.append((key, vals))
+    combos = list(itertools.product(*(vals for _, vals in axes)))
+    out = Path(args.out or Path("backtest-out") / f"{Path(args.config).stem}-sweep")
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = args.jobs or os.cpu_count() or 1
+    keys = [k for k, _ in axes]
+
+    def one(i: int, combo: tuple[Any, ...]) -> dict[str, Any]:
+        run_dir = out / f"run-{i:03d}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        sets = [f"{k}={_fmt_value(v) if not isinstance(v, str) else json.dumps(v)}"
+                for k, v in zip(keys, combo, strict=True)]  # fmt: skip
+        (run_dir / "summary.json").unlink(missing_ok=True)
+        with open(run_dir / "backtest.log", "wb") as err, open(run_dir / "report.txt", "wb") as so:
+            rc = subprocess.run(_child_cmd(args, run_dir, sets), stdout=so, stderr=err).returncode
+        row: dict[str, Any] = {"run": run_dir.name, "settings": dict(zip(keys, combo, strict=True)),
+                               "exit_status": rc}  # fmt: skip
+        try:
+            row["summary"] = json.loads((run_dir / "summary.json").read_text())
+        except (OSError, ValueError):
+            row["summary"] = None
+        if rc:
+            lines = (run_dir / "backtest.log").read_text(errors="replace").strip().splitlines()
+            row["error"] = lines[-1] if lines else f"exit status {rc}"
+        return row
+
+    bar = _bar(len(combos)) if sys.stderr.isatty() else None
+    rows: list[dict[str, Any]] = [{} for _ in combos]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(one, i, c): i for i, c in enumerate(combos, 1)}
+        for fut in concurrent.futures.as_completed(futures):
+            rows[futures[fut] - 1] = fut.result()
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    table = sweep_table(keys, rows)
+    (out / "sweep.tsv").write_text(
+        "\n".join("\t".join(c.strip() for c in r) for r in table) + "\n"
+    )
+    (out / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        print("  ".join(c.rjust(w) if j >= len(keys) else c.ljust(w)
+                        for j, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip())  # fmt: skip
+    print(f"{len(rows)} backtests, {jobs} at a time; each run's logs and report in {out}/run-NNN")
+    return 1 if any(r["exit_status"] for r in rows) else 0
+
+
+def sweep_table(keys: list[str], rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Header and one line per combination: its settings, then the figures (or the error)."""
+    head = [*keys, "net PnL", "realised", "fees", "Sharpe", "max DD", "trades", "win %",
+            "fills", "frames/s", "status"]  # fmt: skip
+    table = [head]
+    for r in rows:
+        cells = [_fmt_value(r["settings"][k]) for k in keys]
+        s = r.get("summary")
+        if s is None:
+            table.append([*cells, *["-"] * 9, f"failed: {r.get('error', '')}"])
+            continue
+        table.append([
+            *cells, f"{s['net_pnl']:+.4f}", f"{s['realized_pnl']:+.4f}", f"{s['fees']:.4f}",
+            f"{s['sharpe']:.2f}", f"{s['max_drawdown']:.4f}", str(s["trades"]),
+            f"{100 * s['win_rate']:.1f}", str(s["fills"]), f"{s['frames_per_s']:,.0f}",
+            "ok" if not r["exit_status"] else f"failed: {r.get('error', '')}",
+        ])  # fmt: skip
+    return table
+
+
+def _bar(total: int) -> Any:
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc="sweep", unit="run", file=sys.stderr)
+    except Exception:  # a terminal tqdm cannot draw on must not stop the sweep
+        return None
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser(p: argparse.ArgumentParser) -> None:
+    """Add the ``backtest`` arguments to ``p``."""
+    p.add_argument("config", help="TOML config with one replay_feed instance")
+    p.add_argument("--data", nargs="+", action="extend", metavar="FILE",
+                   help="capture files to replay instead of the config's (merged in time order)")
+    p.add_argument("--out", metavar="DIR",
+                   help="where logs, summary (and databases) go (default: backtest-out/NAME)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a setting: instance.key, or a strategy setting for every"
+                   " strategy that has it (repeatable)")
+    p.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="run every combination of these settings in parallel (repeatable)")
+    p.add_argument("--jobs", type=int, default=0, metavar="N",
+                   help="sweep: backtests at a time (default: one per core)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """One backtest, or a sweep of them."""
+    t0 = time.perf_counter()
+    if args.jobs < 0:
+        raise TickbusError("--jobs: must be >= 0 (0: one per core)")
+    if args.sweep:
+        return run_sweep(args)
+    return run_one(args, t0)
+
+
+def main(argv: list[str] | None = None, exit_now: Callable[[int], Any] | None = None) -> int:
+    """Entry point for ``python -m tickbus.tools.backtest``."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    p = argparse.ArgumentParser(prog="tickbus backtest", description=__doc__.split("\n")[0])
+    build_parser(p)
+    try:
+        return run(p.parse_args(argv))
+    except TickbusError as err:
+        print(f"tickbus backtest: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
