@@ -131,8 +131,9 @@ def _scan(a: np.ndarray, desc: bool, st: np.ndarray, n: int) -> int:
     ``[n, ...)`` the prices we took liquidity at, each group sorted best first.
 
     Our levels within the displayed range: ``CAP = min(CAP, displayed)``; ``DEC`` = how much
-    the displayed quantity fell since ``SHOWN`` (0 if it did not, or ``SHOWN`` was unknown,
-    < 0); ``SHOWN = displayed``. Beyond the displayed depth: left alone, ``DEC = -1``.
+    the displayed quantity fell since ``SHOWN`` (0 if it did not; -2 if ``SHOWN`` was
+    unknown, < 0); ``SHOWN = displayed``. Beyond the displayed depth: left alone, ``DEC =
+    -1``.
     Taken prices: ``CAP = min(CAP, displayed)``, 0 once no longer displayed. Returns how
     many of our levels fell, ``| _DROPPED`` if a taken price dropped to 0."""
     m = a.shape[0] // 2
@@ -168,7 +169,9 @@ def _scan(a: np.ndarray, desc: bool, st: np.ndarray, n: int) -> int:
                 dropped = _DROPPED
         if k < n:
             s = st[SHOWN, k]
-            if 0 <= q < s:
+            if s < 0:
+                st[DEC, k] = -2  # in view again: what it shows now bounds the queue
+            elif q < s:
                 st[DEC, k] = s - q
                 fell += 1
             else:
@@ -421,24 +424,33 @@ class QueueModel:
 
     def cancels(self, side: SideBook) -> None:
         """prob model, after a scan: spread each level's fall (net of the trades at its price
-        since the last book) over front and back of each order."""
+        since the last book) over front and back of each order. Only a fall moves anyone:
+        what is ahead never exceeds what the level showed at the last book (orders join
+        behind what it shows, trades only lower it), so a level that did not fall leaves
+        every order where it was."""
         n = self.power
         st = side.st
+        dec = st[DEC].tolist()
         for lv in side.levels.values():
             i = lv.idx
-            fell = int(st[DEC, i]) if i >= 0 else -1
-            if fell < 0:  # not in view (or new since the scan): nothing to learn
+            d = dec[i] if i >= 0 else -1
+            if d == -1:  # not in view (or new since the scan): nothing to learn
                 continue
-            chg = fell - lv.traded
+            traded = lv.traded
             lv.traded = 0
-            new = int(st[SHOWN, i])
-            st[CAP, i] = UNKNOWN  # applied here, exactly, with the estimate
-            if chg <= 0:
+            if d == -2:  # back in view: what it shows bounds the queue
+                side.settle(lv, True)
+                continue
+            if d == 0:
+                continue
+            new = st.item(SHOWN, i)
+            chg = d - traded
+            if chg <= 0:  # the trades explain the fall
                 for o in lv.orders:
                     if o.ahead > new:
                         o.ahead = new
                 continue
-            prev = new + fell
+            prev = new + d
             for o in lv.orders:
                 front = o.ahead
                 if front >= UNKNOWN:

@@ -416,6 +416,11 @@ class Maker:
 NAMES = ("tickbus", "tickbus-py", "baseline")
 
 
+def brokers(cfg: BrokerConfig) -> tuple[str, ...]:
+    """The brokers compared: the baseline implements the risk-averse queue rule only."""
+    return NAMES if cfg.queue_model == "risk_averse" else NAMES[:2]
+
+
 def replay_one(
     name: str, msgs: list[BookTop | Trade], symbol: str, cfg: BrokerConfig, n_orders: int
 ) -> tuple[dict[str, list[int]], list[tuple[Any, ...]]]:
@@ -487,13 +492,14 @@ def run_once(
 ) -> tuple[dict[str, dict[str, list[int]]], int]:
     """Each broker replays once, in a rotating order; all must have said exactly the same.
     Returns the samples per broker and kind, and how many outputs were compared."""
-    names = NAMES[order % 3 :] + NAMES[: order % 3]
+    names = brokers(cfg)
+    names = names[order % len(names) :] + names[: order % len(names)]
     samples: dict[str, dict[str, list[int]]] = {}
     outputs: dict[str, list[tuple[Any, ...]]] = {}
     for name in names:
         samples[name], outputs[name] = replay_one(name, msgs, symbol, cfg, n_orders)
     ref = outputs["tickbus"]
-    for name in NAMES[1:]:
+    for name in brokers(cfg)[1:]:
         other = outputs[name]
         if other != ref:
             i = next((k for k, (a, b) in enumerate(zip(ref, other, strict=False)) if a != b),
@@ -536,7 +542,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capture", nargs="+", type=Path, help="capture files (default: see doc)")
     ap.add_argument("--orders", type=int, default=100, help="working orders (default 100)")
     ap.add_argument("--runs", type=int, default=5, help="replays (default 5)")
-    ap.add_argument("--model", choices=("risk_averse", "prob"), default="risk_averse")
+    ap.add_argument(
+        "--model", choices=("risk_averse", "prob"), default="risk_averse",
+        help="queue model (prob: no baseline row, the baseline is risk_averse only)",
+    )  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="the bundled sample, 2 runs")
     ap.add_argument("--json", type=Path, help="write the figures here as JSON")
     args = ap.parse_args(argv)
@@ -576,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     for kind in KINDS:
         med: dict[str, float] = {}
-        for name in NAMES:
+        for name in brokers(cfg):
             p50s = [pct(r[name][kind], 50) for r in runs]
             p99s = [pct(r[name][kind], 99) for r in runs]
             n = len(runs[0][name][kind])
@@ -586,8 +595,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{kind:7s} {name:11s} {n:8d} {med[name]:7.2f} {p99:8.2f} {rng:>15s}")
             rows.append({"kind": kind, "broker": name, "n": n, "p50_us": med[name],
                          "p99_us": p99, "p50_runs_us": p50s})  # fmt: skip
-        ratio = med["tickbus"] / med["baseline"]
-        print(f"{kind:7s} {'tickbus/baseline':20s} {ratio:15.2f}")
+        if "baseline" in med:
+            ratio = med["tickbus"] / med["baseline"]
+            print(f"{kind:7s} {'tickbus/baseline':20s} {ratio:15.2f}")
     if args.json:
         args.json.write_text(json.dumps({"command": cmd, "rows": rows}, indent=1))
     return 0
