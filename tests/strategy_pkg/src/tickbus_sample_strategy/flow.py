@@ -41,11 +41,10 @@ class FlowConfig(StrategyConfig, frozen=True):
     """Write the orders asked for to this JSON-lines file at stop (relative to the config)."""
 
 
-class TradeFlow(Strategy):
+class TradeFlow(Strategy[FlowConfig]):
     """Joins the touch in the direction of the recent aggressor flow."""
 
-    Config = FlowConfig
-    config: FlowConfig  # the validated [plugins.<name>] table, typed
+    Config = FlowConfig  # validates [plugins.<name>]; self.config is a FlowConfig
 
     def __init__(self, ctx: PluginContext, config: FlowConfig) -> None:
         super().__init__(ctx, config)
