@@ -150,6 +150,7 @@ TOOLS = (
     ("ctl", "tickbus.tools.ctl", "commands to a running process: kill switch, state, status"),
     ("risk-gateway", "tickbus.tools.risk_gateway", "reference risk gateway for the risk plugin"),
     ("train-model", "tickbus.tools.train_model", "train the ONNX signal model on recorded data"),
+    ("backtest", "tickbus.tools.backtest", "run the full pipeline on recorded data, then report"),
 )
 
 
