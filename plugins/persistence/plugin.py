@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+from msgspec.structs import astuple
 
 from tickbus.kernel import PluginContext, ReplayClock, TickbusError, hookimpl
 from tickbus.schemas import ControlCommand, Msg, Position, Shutdown
@@ -45,8 +46,8 @@ from tickbus.schemas import ControlCommand, Msg, Position, Shutdown
 from . import restore as _restore
 from .ledger import Ledger
 from .messages import RESTORE_DONE_TOPIC, STATS_TOPIC, PersistenceStats, Restored
-from .schema import DEFAULT_NAME, DatabaseLock, ensure_dir, open_database
-from .writer import Writer
+from .schema import DEFAULT_NAME, ORDER_COLUMNS, DatabaseLock, ensure_dir, open_database
+from .writer import ORDER_RESTORED, Writer
 
 PREFIXES = ("ord.", "exec.", "pos.", "risk.", "sig.", "snap.")
 SNAPSHOT_TOPIC = "ctl.snapshot"
@@ -343,6 +344,12 @@ class Persistence:
                 [(self.run_id, p.symbol, p.qty, str(p.cost), str(p.realized_pnl), str(p.fees),
                   p.mark_px, p.fills) for p in st.positions],
             )  # fmt: skip
+            n = len(ORDER_COLUMNS)
+            conn.executemany(ORDER_RESTORED, [
+                (self.run_id, self.writer.next_seq(), *astuple(a.order)[:n], u.status, u.filled_qty,
+                 u.leaves_qty, u.avg_px, u.reason, a.ts_accepted_ns, u.ts_update_ns, u.filled_qty)
+                for a, u in st.orders
+            ])  # fmt: skip
             conn.execute("UPDATE runs SET restored_from = ? WHERE run_id = ?",
                          (st.from_run, self.run_id))  # fmt: skip
             conn.execute("COMMIT")

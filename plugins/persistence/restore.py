@@ -8,10 +8,11 @@ strategies' latest snapshots, as bus messages (published by the plugin at start 
   The restored quantity is therefore always the sum of the committed fills, whatever the
   commit boundaries cut (a fill without its position, a position without its fill) and
   in whatever order the messages arrived.
-* **Working orders** (``OrderAccepted`` + ``OrderUpdate``): orders risk accepted whose
-  latest committed state is not final, less those a later accepted order replaced; their
-  filled quantity and average price come from the committed fills (authoritative, like the
-  position), so an order whose last fill was committed without its report is not resent.
+* **Working orders** (``OrderAccepted`` + ``OrderUpdate``): the orders of the previous run
+  (of the same clock; it holds a copy of those it restored itself) that risk accepted and
+  whose latest committed state is not final, less those a later accepted order replaced;
+  their filled quantity comes from the committed fills (authoritative, like the position),
+  so an order whose last fill was committed without its report is not resent.
 * **Snapshots** (``StrategySnapshot``): the latest per strategy.
 """
 
@@ -96,7 +97,7 @@ def load(conn: sqlite3.Connection, before_run: int) -> Restored:
         return out
     out.from_run = row[0]
     out.positions = _positions(conn, before_run, clock)
-    out.orders = _orders(conn, before_run, clock, out.from_run)
+    out.orders = _orders(conn, out.from_run)
     out.snapshots = [
         StrategySnapshot(sid, state, ts)
         for sid, state, ts, _ in conn.execute(
@@ -156,29 +157,32 @@ def _positions(conn: sqlite3.Connection, before_run: int, clock: str) -> list[Po
 
 
 def _orders(
-    conn: sqlite3.Connection, before_run: int, clock: str, from_run: int
+    conn: sqlite3.Connection, from_run: int
 ) -> list[tuple[OrderAccepted, OrderUpdate]]:
+    """Orders of run ``from_run`` (which holds those it restored itself) risk accepted and
+    not finished, less those an accepted order of the run replaced."""
     out = []
     rows = conn.execute(
-        f"SELECT {_REQ}, status, reason, ts_accepted_ns, ts_updated_ns FROM orders o"
-        " WHERE status IN ('new', 'accepted', 'partially_filled') AND run_id < ?"
-        f" AND {_SAME_CLOCK} AND ts_accepted_ns IS NOT NULL AND tif != ''"
-        " AND NOT EXISTS (SELECT 1 FROM orders r WHERE r.strategy_id = o.strategy_id"
+        f"SELECT {_REQ}, status, reason, ts_accepted_ns, ts_updated_ns, avg_px, restored_qty"
+        " FROM orders o WHERE run_id = ? AND status IN ('new', 'accepted', 'partially_filled')"
+        " AND ts_accepted_ns IS NOT NULL AND tif != '' AND NOT EXISTS (SELECT 1 FROM orders r"
+        " WHERE r.run_id = o.run_id AND r.strategy_id = o.strategy_id"
         " AND r.replaces = o.client_order_id AND r.replaces != ''"
-        " AND r.ts_accepted_ns IS NOT NULL) ORDER BY ts_accepted_ns, run_id, seq",
-        (before_run, clock),
+        " AND r.ts_accepted_ns IS NOT NULL) ORDER BY ts_accepted_ns, seq",
+        (from_run,),
     ).fetchall()
     n = len(ORDER_COLUMNS)
     for row in rows:
         req = list(row[:n])
         req[9] = bool(req[9])  # reduce_only
         o = OrderRequest(*req)
-        status, reason, ts_accepted, ts_updated = row[n:]
-        filled = notional = 0
+        status, reason, ts_accepted, ts_updated, avg_px, carried = row[n:]
+        filled = carried
+        notional = carried * avg_px  # restored part: at the average it was restored with
         for px, qty in conn.execute(
-            "SELECT px, qty FROM fills WHERE strategy_id = ? AND client_order_id = ?"
-            " AND run_id < ?",
-            (o.strategy_id, o.client_order_id, before_run),
+            "SELECT px, qty FROM fills WHERE run_id = ? AND strategy_id = ?"
+            " AND client_order_id = ?",
+            (from_run, o.strategy_id, o.client_order_id),
         ):
             filled += qty
             notional += px * qty

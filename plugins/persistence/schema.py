@@ -53,7 +53,9 @@ CREATE TABLE runs (
     restored_from INTEGER                    -- run whose state was restored at start
 );
 
--- one row per order: the request, then its latest state (the original design's table)
+-- one row per order and run: the request, then its latest state (the original design's
+-- table); seq is that of the first message about it (reports can overtake their request
+-- across lanes); an order restored at start is copied into the new run (reason "restored")
 CREATE TABLE orders (
     run_id          INTEGER NOT NULL,
     seq             INTEGER NOT NULL,
@@ -77,12 +79,13 @@ CREATE TABLE orders (
     reason          TEXT NOT NULL,
     ts_accepted_ns  INTEGER,                 -- risk let it through
     ts_updated_ns   INTEGER NOT NULL,        -- latest transition
-    PRIMARY KEY (strategy_id, client_order_id)
+    restored_qty    INTEGER NOT NULL DEFAULT 0, -- filled before this run (restored orders)
+    PRIMARY KEY (run_id, strategy_id, client_order_id)
 );
 CREATE INDEX orders_symbol ON orders (symbol, ts_created_ns);
-CREATE INDEX orders_working ON orders (status)
+CREATE INDEX orders_working ON orders (run_id, status)
     WHERE status IN ('new', 'accepted', 'partially_filled');
-CREATE INDEX orders_replaces ON orders (strategy_id, replaces) WHERE replaces != '';
+CREATE INDEX orders_replaces ON orders (run_id, strategy_id, replaces) WHERE replaces != '';
 
 -- every transition of every order (exec.report), as the broker published it
 CREATE TABLE order_updates (
@@ -103,7 +106,7 @@ CREATE TABLE order_updates (
     ts_recv_ns      INTEGER NOT NULL,
     ts_update_ns    INTEGER NOT NULL
 );
-CREATE INDEX order_updates_order ON order_updates (strategy_id, client_order_id);
+CREATE INDEX order_updates_order ON order_updates (run_id, strategy_id, client_order_id);
 
 -- cancel requests of the strategies (ord.cancel); the outcome is in order_updates
 CREATE TABLE cancels (
@@ -155,7 +158,7 @@ CREATE TABLE fills (
     ts_recv_ns      INTEGER NOT NULL,
     ts_fill_ns      INTEGER NOT NULL
 );
-CREATE INDEX fills_order ON fills (strategy_id, client_order_id);
+CREATE INDEX fills_order ON fills (run_id, strategy_id, client_order_id);
 CREATE INDEX fills_run ON fills (run_id, fill_id);
 
 -- the account's position per symbol after every fill and every mark (pos.<SYMBOL>)

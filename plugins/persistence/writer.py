@@ -58,7 +58,8 @@ _REQUEST_SET = ", ".join(f"{c} = excluded.{c}" for c in (
 _REQUEST_VALUES = ", ".join("?" * (2 + len(ORDER_COLUMNS)))
 ORDER_INSERT = (
     f"INSERT INTO orders ({', '.join(_ORDER_ALL)}) VALUES ({_REQUEST_VALUES},"
-    " 'new', 0, ?, 0, '', NULL, ?) ON CONFLICT (strategy_id, client_order_id) DO UPDATE SET"
+    " 'new', 0, ?, 0, '', NULL, ?) ON CONFLICT (run_id, strategy_id, client_order_id)"
+    " DO UPDATE SET"
     f" {_REQUEST_SET} WHERE orders.tif = ''"
 )
 """The request (from ord.request, or ord.accepted/ord.rejected, which carry it): makes the
@@ -67,7 +68,8 @@ A second request with the same id changes nothing (risk rejects it; see ``reject
 
 ORDER_STATE = (
     f"INSERT INTO orders ({', '.join(_ORDER_ALL)}) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, ?, 0, 0,"
-    " '', ?, 0, ?, ?, ?, ?, ?, NULL, ?) ON CONFLICT (strategy_id, client_order_id) DO UPDATE SET"
+    " '', ?, 0, ?, ?, ?, ?, ?, NULL, ?) ON CONFLICT (run_id, strategy_id, client_order_id)"
+    " DO UPDATE SET"
     " status = excluded.status, filled_qty = excluded.filled_qty,"
     " leaves_qty = excluded.leaves_qty, avg_px = excluded.avg_px, reason = excluded.reason,"
     " ts_updated_ns = excluded.ts_updated_ns"
@@ -80,15 +82,19 @@ request (another lane receives a nested publish - the report made while risk's
 ``ord.accepted`` was being handled - before the outer message), and a finished order stays
 finished."""
 
+ORDER_RESTORED = _insert("orders", (*_ORDER_ALL[2:], "restored_qty"))
+"""A working order restored at start, copied into the new run (so the run's own rows hold
+every order alive in it, and its reports move that copy)."""
+
 ORDER_ACCEPTED = (
     "UPDATE orders SET ts_accepted_ns = ?,"
     " ts_updated_ns = CASE status WHEN 'new' THEN ? ELSE ts_updated_ns END,"
     " status = CASE status WHEN 'new' THEN 'accepted' ELSE status END"
-    " WHERE strategy_id = ? AND client_order_id = ? AND ts_accepted_ns IS NULL"
+    " WHERE run_id = ? AND strategy_id = ? AND client_order_id = ? AND ts_accepted_ns IS NULL"
 )
 ORDER_REJECTED = (
     "UPDATE orders SET status = 'rejected', leaves_qty = 0, reason = ?, ts_updated_ns = ?"
-    " WHERE strategy_id = ? AND client_order_id = ? AND status = 'new'"
+    " WHERE run_id = ? AND strategy_id = ? AND client_order_id = ? AND status = 'new'"
 )
 
 JOURNAL = {table: _insert(table, cols) for table, cols in JOURNAL_COLUMNS.items()}
@@ -159,8 +165,11 @@ class Writer:
     # ------------------------------------------------------------------ messages -> rows
 
     def _next(self) -> int:
+        """The next ``seq`` of this run."""
         self.seq += 1
         return self.seq
+
+    next_seq = _next
 
     def _plain(self, table: str) -> Callable[[Any], None]:
         add = self._journal[table]
@@ -200,7 +209,8 @@ class Writer:
         """``ord.accepted``: risk let it through (the row is made if risk made the order)."""
         o = a.order
         self._order_insert(self._order_row(o, self._next()))
-        self._accepted((a.ts_accepted_ns, a.ts_accepted_ns, o.strategy_id, o.client_order_id))
+        self._accepted((a.ts_accepted_ns, a.ts_accepted_ns, self.run_id, o.strategy_id,
+                        o.client_order_id))  # fmt: skip
         self.rows += 2
 
     def order_rejected(self, r: OrderRejected) -> None:
@@ -212,8 +222,8 @@ class Writer:
                                      r.ts_rejected_ns))  # fmt: skip
         self.rows += 2
         if r.rule != "duplicate_id":  # the id's first order is another one
-            self._rejected((f"{r.rule}: {r.reason}", r.ts_rejected_ns, o.strategy_id,
-                            o.client_order_id))  # fmt: skip
+            self._rejected((f"{r.rule}: {r.reason}", r.ts_rejected_ns, self.run_id,
+                            o.strategy_id, o.client_order_id))  # fmt: skip
             self.rows += 1
 
     def order_update(self, u: OrderUpdate) -> None:
