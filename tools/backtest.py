@@ -65,7 +65,8 @@ from tickbus.kernel import PluginContext, StrategyConfig, TickbusError, hookimpl
 from tickbus.kernel.config import Config, PluginEntry, load_config
 from tickbus.kernel.errors import ConfigError
 from tickbus.kernel.plugins import PluginManager
-from tickbus.schemas import NOTIONAL_SCALE, Msg, Position
+from tickbus.plugins.persistence.ledger import Ledger
+from tickbus.schemas import NOTIONAL_SCALE, SCALE, Msg, Position
 
 log = logging.getLogger("tickbus.backtest")
 
@@ -76,6 +77,7 @@ _DB_SUFFIXES = ("", "-wal", "-shm")
 # client order ids: <strategy>-<run stamp>-<seq> (kernel.strategy), <risk>-flat-<stamp>-<seq>
 _RUN_STAMP = re.compile(r"^(?P<head>.+)-[0-9a-z]{1,8}-(?P<seq>[0-9]+)$")
 _ID_FIELDS = ("client_order_id", "replaces")
+_FLUSH = 10_000  # log messages kept before they are written
 _SHARPE_BUCKET_NS = 1_000_000_000
 _SECONDS_PER_YEAR = 365 * 86_400  # crypto trades every day
 
@@ -83,22 +85,25 @@ _SECONDS_PER_YEAR = 365 * 86_400  # crypto trades every day
 # --------------------------------------------------------------------------- the config
 
 
+def config_type(manager: PluginManager, plugin: str) -> Any:
+    """The config Struct a loaded plugin declares (``tickbus_config_type``), or None."""
+    hook = getattr(manager.pm.get_plugin(plugin), "tickbus_config_type", None)
+    return hook() if callable(hook) else None
+
+
 def strategy_instances(cfg: Config, manager: PluginManager) -> dict[str, type]:
     """Enabled instances whose plugin's config is a ``StrategyConfig``: their config types."""
     out = {}
     for name, entry in cfg.plugins.items():
         if entry.enabled:
-            type_ = manager._caller("tickbus_config_type", entry.plugin)()
+            type_ = config_type(manager, entry.plugin)
             if isinstance(type_, type) and issubclass(type_, StrategyConfig):
                 out[name] = type_
     return out
 
 
-def _settings_of(manager: PluginManager, entry: PluginEntry) -> tuple[str, ...]:
-    type_ = manager._caller("tickbus_config_type", entry.plugin)()
-    if type_ is None:
-        return ()
-    return tuple(f.name for f in msgspec.structs.fields(type_))
+def _settings_of(type_: Any) -> tuple[str, ...]:
+    return tuple(f.name for f in msgspec.structs.fields(type_)) if type_ is not None else ()
 
 
 def resolve_key(cfg: Config, manager: PluginManager, key: str, flag: str) -> list[tuple[str, str]]:
@@ -114,7 +119,7 @@ def resolve_key(cfg: Config, manager: PluginManager, key: str, flag: str) -> lis
                 f" (instances: {', '.join(enabled)})"
             )
         for name in names:
-            known = _settings_of(manager, enabled[name])
+            known = _settings_of(config_type(manager, enabled[name].plugin))
             if setting not in known:
                 raise TickbusError(
                     f"{flag} {key}: plugin instance {name!r} has no setting {setting!r}"
@@ -122,9 +127,7 @@ def resolve_key(cfg: Config, manager: PluginManager, key: str, flag: str) -> lis
                 )
         return [(n, setting) for n in names]
     strategies = strategy_instances(cfg, manager)
-    found = [
-        (n, key) for n, t in strategies.items() if key in {f.name for f in msgspec.structs.fields(t)}
-    ]
+    found = [(n, key) for n, t in strategies.items() if key in _settings_of(t)]
     if not found:
         where = ", ".join(strategies) or "none in the config"
         raise TickbusError(
@@ -220,70 +223,87 @@ def backtest_config(cfg: Config, data: Sequence[str], out: Path) -> tuple[Config
 # --------------------------------------------------------------------------- the recorder
 
 
-def canonical(rec: dict[str, Any]) -> dict[str, Any]:
-    """A message record with the wall-clock run stamp of its order ids written as RUN."""
-    for k, v in rec.items():
-        if k in _ID_FIELDS and isinstance(v, str) and v:
-            rec[k] = _RUN_STAMP.sub(r"\g<head>-RUN-\g<seq>", v)
-        elif isinstance(v, dict):
-            canonical(v)
-    return rec
+class Records:
+    """Messages as JSON-lines records: ``{"type": ..., <fields>}``, nested messages as
+    objects, the wall-clock run stamp of order ids written as RUN."""
+
+    def __init__(self) -> None:
+        self.enc = msgspec.json.Encoder()
+        self._keys: dict[type, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+        self._ids: dict[str, str] = {}
+
+    def _layout(self, cls: type) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """Record keys of a message type, and where its nested messages are."""
+        found = self._keys.get(cls)
+        if found is None:
+            fields = msgspec.structs.fields(cls)
+            nested = tuple(i + 1 for i, f in enumerate(fields)
+                           if isinstance(f.type, type) and issubclass(f.type, Msg))  # fmt: skip
+            found = self._keys[cls] = (("type", *(f.name for f in fields)), nested)
+        return found
+
+    def record(self, msg: Msg) -> dict[str, Any]:
+        keys, nested = self._layout(type(msg))
+        values = msgspec.to_builtins(msg)  # array_like: [tag, field, ...]
+        for i in nested:
+            values[i] = self.record(getattr(msg, keys[i]))
+        rec = dict(zip(keys, values, strict=True))
+        for k in _ID_FIELDS:
+            v = rec.get(k)
+            if v:
+                rec[k] = self.canonical_id(v)
+        return rec
+
+    def canonical_id(self, cid: str) -> str:
+        out = self._ids.get(cid)
+        if out is None:
+            out = self._ids[cid] = _RUN_STAMP.sub(r"\g<head>-RUN-\g<seq>", cid)
+        return out
+
+    def lines(self, msgs: Sequence[Msg]) -> bytes:
+        return b"".join(self.enc.encode(self.record(m)) + b"\n" for m in msgs)
 
 
 class Equity:
-    """Net PnL (realised + unrealised - fees, summed over symbols) from the Position
-    stream: round trips, wins, max drawdown, and the 1-second equity samples for Sharpe."""
+    """The account from the Position stream: round trips and wins (the persistence
+    plugin's :class:`Ledger`, so the backtest counts trades as the database does), max
+    drawdown of the net PnL (realised + unrealised - fees over all symbols), and that net
+    PnL at the end of each second of recorded time, for the Sharpe ratio."""
 
     def __init__(self) -> None:
-        self.last: dict[str, Position] = {}
-        self.net = 0
-        self.peak = 0
+        self.ledger = Ledger()
         self.max_drawdown = 0
-        self.trades = 0
-        self.wins = 0
-        self._open: dict[str, int] = {}  # symbol -> realised - fees when the trip opened
         self.buckets: list[int] = []
-        """Net PnL at the end of each second (recorded time) since the first position."""
         self._bucket_end = 0
 
     def on_position(self, p: Position) -> None:
         if p.symbol == "total":
             return
-        prev = self.last.get(p.symbol)
-        self.last[p.symbol] = p
-        before = 0 if prev is None else prev.realized_pnl + prev.unrealized_pnl - prev.fees
         self._sample(p.ts_update_ns)
-        self.net += p.realized_pnl + p.unrealized_pnl - p.fees - before
-        self.peak = max(self.peak, self.net)
-        self.max_drawdown = max(self.max_drawdown, self.peak - self.net)
-        self._round_trip(p, prev)
-
-    def _round_trip(self, p: Position, prev: Position | None) -> None:
-        """A round trip: flat -> position -> flat (or through zero: the flipping fill
-        closes one and opens the next). Its PnL: the change of realised - fees."""
-        was = 0 if prev is None else prev.qty
-        booked = p.realized_pnl - p.fees
-        if was and (p.qty == 0 or (p.qty > 0) != (was > 0)):
-            opened = self._open.pop(p.symbol, None)
-            if opened is not None:
-                self.trades += 1
-                self.wins += booked - opened > 0
-        if p.qty and p.symbol not in self._open:
-            self._open[p.symbol] = booked if was and (p.qty > 0) != (was > 0) else (
-                0 if prev is None else prev.realized_pnl - prev.fees
-            )
+        led = self.ledger
+        led.on_position(p)
+        self.max_drawdown = max(self.max_drawdown, led.peak - led.net)
 
     def _sample(self, ts_ns: int) -> None:
+        """Close the seconds that ended before ``ts_ns`` with the net PnL before it."""
         if not self._bucket_end:
             self._bucket_end = ts_ns - ts_ns % _SHARPE_BUCKET_NS + _SHARPE_BUCKET_NS
+        net = self.ledger.net
         while ts_ns >= self._bucket_end:
-            self.buckets.append(self.net)
+            self.buckets.append(net)
             self._bucket_end += _SHARPE_BUCKET_NS
+
+    @property
+    def positions(self) -> list[Position]:
+        return [b.last for _, b in sorted(self.ledger.books.items()) if b.last is not None]
+
+    @property
+    def wins(self) -> int:
+        return sum(b.wins for b in self.ledger.books.values())
 
     def sharpe(self) -> float:
         """Annualised Sharpe ratio of the 1-second net PnL changes (0 with no variation)."""
-        series = [*self.buckets, self.net]
-        steps = [b - a for a, b in itertools.pairwise([0, *series])]
+        steps = [b - a for a, b in itertools.pairwise([0, *self.buckets, self.ledger.net])]
         if len(steps) < 2:
             return 0.0
         mean = sum(steps) / len(steps)
@@ -294,34 +314,47 @@ class Equity:
 
 
 class RunLog:
-    """The recorder's component: order and fill logs, equity, the replay phase's timing."""
+    """The recorder's component: order and fill logs, equity, the replay phase's timing.
+    Messages are kept as they come (an append: the hot lane pays nothing more) and written
+    ``_FLUSH`` at a time."""
 
     def __init__(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        self.orders_file = open(out / "orders.jsonl", "wb")  # noqa: SIM115 - closed at shutdown
-        self.fills_file = open(out / "fills.jsonl", "wb")  # noqa: SIM115
-        self.enc = msgspec.json.Encoder()
+        self.files = {
+            "orders": open(out / "orders.jsonl", "wb"),  # noqa: SIM115 - closed at shutdown
+            "fills": open(out / "fills.jsonl", "wb"),  # noqa: SIM115
+        }
+        self.pending: dict[str, list[Msg]] = {"orders": [], "fills": []}
+        self.records = Records()
         self.equity = Equity()
         self.counts: dict[str, int] = {}
         self.t_start = self.t_end = 0.0
+        orders, fills = self.pending["orders"], self.pending["fills"]
 
-    def _line(self, f: Any, msg: Msg) -> None:
-        from tickbus.tools.sniffer import to_record
+        def on_order(msg: Msg, _add: Callable[[Msg], None] = orders.append) -> None:
+            _add(msg)
+            if len(orders) >= _FLUSH:
+                self.flush("orders")
 
-        name = type(msg).__name__
-        self.counts[name] = self.counts.get(name, 0) + 1
-        rec = canonical({"type": name, **to_record(msg)})
-        f.write(self.enc.encode(rec) + b"\n")
+        def on_fill(msg: Msg, _add: Callable[[Msg], None] = fills.append) -> None:
+            _add(msg)
+            if len(fills) >= _FLUSH:
+                self.flush("fills")
 
-    def on_order(self, msg: Msg) -> None:
-        self._line(self.orders_file, msg)
+        self.on_order, self.on_fill = on_order, on_fill
 
-    def on_fill(self, msg: Msg) -> None:
-        self._line(self.fills_file, msg)
+    def flush(self, which: str) -> None:
+        msgs = self.pending[which]
+        for m in msgs:
+            name = type(m).__name__
+            self.counts[name] = self.counts.get(name, 0) + 1
+        self.files[which].write(self.records.lines(msgs))
+        msgs.clear()
 
     def close(self) -> None:
-        self.orders_file.close()
-        self.fills_file.close()
+        for which, f in self.files.items():
+            self.flush(which)
+            f.close()
 
 
 class Recorder:
@@ -398,18 +431,19 @@ def summarize(
     failures: list[str], frames: int, wall_s: float, recorded_s: float,
 ) -> Summary:  # fmt: skip
     eq = rec.equity
-    pos = eq.last.values()
+    pos = eq.positions
     replay_s = max(rec.t_end - rec.t_start, 1e-9) if rec.t_start else 0.0
     return Summary(
         config=config, data=data, settings=settings, exit_status=rc, failures=failures,
         realized_pnl=_money(sum(p.realized_pnl for p in pos)),
         unrealized_pnl=_money(sum(p.unrealized_pnl for p in pos)),
-        fees=_money(sum(p.fees for p in pos)), net_pnl=_money(eq.net), trades=eq.trades,
-        wins=eq.wins, win_rate=eq.wins / eq.trades if eq.trades else 0.0,
+        fees=_money(sum(p.fees for p in pos)), net_pnl=_money(eq.ledger.net),
+        trades=eq.ledger.trades,
+        wins=eq.wins, win_rate=eq.wins / eq.ledger.trades if eq.ledger.trades else 0.0,
         max_drawdown=_money(eq.max_drawdown), sharpe=round(eq.sharpe(), 6),
         fills=rec.counts.get("Fill", 0), orders=rec.counts.get("OrderRequest", 0),
         rejected=rec.counts.get("OrderRejected", 0),
-        positions={p.symbol: p.qty / 1e8 for p in sorted(pos, key=lambda p: p.symbol)},
+        positions={p.symbol: p.qty / SCALE for p in pos},
         frames=frames, replay_s=round(replay_s, 6),
         frames_per_s=round(frames / replay_s) if replay_s else 0.0,
         wall_s=round(wall_s, 6), recorded_s=round(recorded_s, 3),
@@ -470,7 +504,8 @@ def run_one(args: argparse.Namespace, t0: float) -> int:
     _clear_outputs(out, cfg)
     kernel = Kernel(cfg, extra_plugins={LOG_NAME: Recorder(out)})
     rc = kernel.run()
-    rec: RunLog | None = kernel.contexts[LOG_NAME].component if LOG_NAME in kernel.contexts else None
+    ctx = kernel.contexts.get(LOG_NAME)
+    rec: RunLog | None = ctx.component if ctx is not None else None
     if rec is None:  # stopped before set-up (a signal during start)
         return rc or 1
     replay_c = kernel.contexts[replay].component
@@ -563,8 +598,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     (out / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for r in table:
+        cells = zip(r, widths, strict=True)
         print("  ".join(c.rjust(w) if j >= len(keys) else c.ljust(w)
-                        for j, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip())  # fmt: skip
+                        for j, (c, w) in enumerate(cells)).rstrip())  # fmt: skip
     print(f"{len(rows)} backtests, {jobs} at a time; each run's logs and report in {out}/run-NNN")
     return 1 if any(r["exit_status"] for r in rows) else 0
 
