@@ -324,7 +324,7 @@ class Feed:
             opened = self.last_frame
             self._set_connected(True, "connected")
             watchdog = asyncio.get_running_loop().create_task(self._watchdog(ws, opened))
-            now_ns = self.ctx.clock.now_ns
+            now_ns = self.ctx.clock.mono_ns  # ts_recv_ns: monotonic receive time (DESIGN.md)
             on_frame = self.on_frame
             try:
                 while True:
@@ -436,7 +436,7 @@ class Feed:
                         http_get, url, cfg.rest_timeout_s
                     )
                     if status == 200:
-                        snap = self.parser.parse_snapshot(body, symbol, self.ctx.clock.now_ns())
+                        snap = self.parser.parse_snapshot(body, symbol, self.ctx.clock.mono_ns())
                         self.stats["snapshots"] += 1
                         self.ctx.publish(f"md.depth.{symbol}", snap)
                         return
