@@ -22,9 +22,8 @@ backtest wrote there:
 * ``summary.json``: the report's figures.
 
 Same config and data give byte-identical ``orders.jsonl`` and ``fills.jsonl``: time is the
-recorded time, randomness is seeded. Client order ids carry a per-run stamp taken from the
-wall clock (so that two live runs never reuse an id); the logs write it as ``RUN``
-(``imbalance-RUN-17``), and it is the only thing the logs leave out.
+recorded time (order ids too: their run stamp comes from the kernel clock), randomness is
+seeded.
 
 The report (stdout; ``--json`` for JSON) gives PnL realised / unrealised / after fees, round
 trips ("trades") and their win rate, max drawdown, Sharpe, fills, orders, and the engine's
@@ -50,7 +49,6 @@ import json
 import logging
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -74,9 +72,6 @@ LOG_NAME = "backtest_log"
 """The instance (and plugin) name of the backtest's own recorder."""
 OUTPUTS = ("orders.jsonl", "fills.jsonl", "summary.json")
 _DB_SUFFIXES = ("", "-wal", "-shm")
-# client order ids: <strategy>-<run stamp>-<seq> (kernel.strategy), <risk>-flat-<stamp>-<seq>
-_RUN_STAMP = re.compile(r"^(?P<head>.+)-[0-9a-z]{1,8}-(?P<seq>[0-9]+)$")
-_ID_FIELDS = ("client_order_id", "replaces")
 _FLUSH = 10_000  # log messages kept before they are written
 _SHARPE_BUCKET_NS = 1_000_000_000
 _SECONDS_PER_YEAR = 365 * 86_400  # crypto trades every day
@@ -225,12 +220,11 @@ def backtest_config(cfg: Config, data: Sequence[str], out: Path) -> tuple[Config
 
 class Records:
     """Messages as JSON-lines records: ``{"type": ..., <fields>}``, nested messages as
-    objects, the wall-clock run stamp of order ids written as RUN."""
+    objects (the sniffer's ``--json`` layout, built from msgspec's array form: ~5x faster)."""
 
     def __init__(self) -> None:
         self.enc = msgspec.json.Encoder()
         self._keys: dict[type, tuple[tuple[str, ...], tuple[int, ...]]] = {}
-        self._ids: dict[str, str] = {}
 
     def _layout(self, cls: type) -> tuple[tuple[str, ...], tuple[int, ...]]:
         """Record keys of a message type, and where its nested messages are."""
@@ -247,18 +241,7 @@ class Records:
         values = msgspec.to_builtins(msg)  # array_like: [tag, field, ...]
         for i in nested:
             values[i] = self.record(getattr(msg, keys[i]))
-        rec = dict(zip(keys, values, strict=True))
-        for k in _ID_FIELDS:
-            v = rec.get(k)
-            if v:
-                rec[k] = self.canonical_id(v)
-        return rec
-
-    def canonical_id(self, cid: str) -> str:
-        out = self._ids.get(cid)
-        if out is None:
-            out = self._ids[cid] = _RUN_STAMP.sub(r"\g<head>-RUN-\g<seq>", cid)
-        return out
+        return dict(zip(keys, values, strict=True))
 
     def lines(self, msgs: Sequence[Msg]) -> bytes:
         return b"".join(self.enc.encode(self.record(m)) + b"\n" for m in msgs)
