@@ -45,6 +45,18 @@ class everything:
         return seen
 
 
+class Feeder:
+    """Test plugin object: publishes the given (topic, message) pairs from its start hook."""
+
+    def __init__(self, msgs: list[tuple[str, Any]]) -> None:
+        self.msgs = msgs
+
+    @hookimpl
+    def tickbus_start(self, ctx: PluginContext) -> None:
+        for topic, msg in self.msgs:
+            ctx.publish(topic, msg)
+
+
 def trading_config(rt: Path, db: Path, *, persist_lane: str = "persist",
                    **persistence: Any) -> dict[str, Any]:  # fmt: skip
     """configs/imbalance.toml (replay of the bundled sample, features, the calibrated

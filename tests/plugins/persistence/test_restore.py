@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from persistence_support import Feeder
 
 from tickbus.kernel import PluginContext, hookimpl
 from tickbus.kernel.app import Kernel
@@ -28,18 +29,6 @@ from tickbus.schemas import (
 
 T0 = 1_723_000_000_000_000_000
 PX = 60_000 * SCALE
-
-
-class Feeder:
-    """Publishes the given (topic, message) pairs from its start hook."""
-
-    def __init__(self, msgs: list[tuple[str, Any]]) -> None:
-        self.msgs = msgs
-
-    @hookimpl
-    def tickbus_start(self, ctx: PluginContext) -> None:
-        for topic, msg in self.msgs:
-            ctx.publish(topic, msg)
 
 
 class probe:
