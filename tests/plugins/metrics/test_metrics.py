@@ -38,12 +38,17 @@ pytest.importorskip("tickbus.plugins.broker.plugin", reason="the paper broker (i
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
+FAMILIES: set[str] = set()
+"""Every metric family name the endpoint declared (with or without samples)."""
+
+
 def scrape(url: str) -> Samples:
     with urllib.request.urlopen(url, timeout=10) as resp:
         assert resp.status == 200
         text = resp.read().decode()
     out: Samples = {}
     for fam in text_string_to_metric_families(text):
+        FAMILIES.add(fam.name)
         for s in fam.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
@@ -193,3 +198,29 @@ port = {port}
     assert lines[-1].startswith("tickbus: error: ") and "Traceback" not in out.stderr
     assert f"127.0.0.1:{port}: address already in use" in lines[-1]
     assert "plugins.metrics" in lines[-1]
+
+
+def test_the_grafana_dashboard_queries_only_metrics_that_exist(
+    scraped: tuple[Samples, list[Any], Kernel],
+) -> None:
+    """configs/grafana-dashboard.json: valid JSON, every panel has a query, and every
+    tickbus_* series a query names is a family the endpoint declares."""
+    import json
+    import re
+
+    s, _, _ = scraped
+    exposed = {name for name, _ in s}
+    dash = json.loads((Path(__file__).resolve().parents[3] / "configs"
+                       / "grafana-dashboard.json").read_text())  # fmt: skip
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    assert len(panels) >= 20
+    names = set()
+    for p in panels:
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            names |= set(re.findall(r"tickbus_\w+", t["expr"]))
+    suffixes = ("_total", "_bucket", "_count", "_sum")
+    missing = {n for n in names if n not in exposed and n not in FAMILIES
+               and not any(n.endswith(x) and n.removesuffix(x) in FAMILIES for x in suffixes)}
+    assert not missing, missing
+    assert "tickbus_feed_connected" in FAMILIES  # declared though no feed ran
