@@ -25,9 +25,12 @@ Same config and data give byte-identical ``orders.jsonl`` and ``fills.jsonl``: t
 recorded time (order ids too: their run stamp comes from the kernel clock), randomness is
 seeded.
 
-The report (stdout; ``--json`` for JSON) gives PnL realised / unrealised / after fees, round
-trips ("trades") and their win rate, max drawdown, Sharpe, fills, orders, and the engine's
-speed: frames replayed per second of the replay phase and the wall time of the whole run.
+The report (stdout; ``--json`` for JSON) is ``tickbus report``'s (tools/report.py: PnL
+realised / unrealised / after fees, round trips and their win rate, Sharpe, max drawdown,
+turnover, exposure, latency percentiles), computed from the messages of the run itself - the
+same figures with or without a ``persistence`` instance, whose database ``tickbus report``
+reads - then the orders, and the engine's speed: frames replayed per second of the replay
+phase, and the wall time of the whole backtest.
 The exit status is the kernel's: non-zero if the run failed (bad frames skipped, a plugin
 died...), 2 for a bad command line or config.
 
@@ -49,13 +52,13 @@ import concurrent.futures
 import itertools
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
 import time
 import tomllib
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +69,8 @@ from tickbus.kernel.config import Config, PluginEntry, load_config
 from tickbus.kernel.errors import ConfigError
 from tickbus.kernel.plugins import PluginManager
 from tickbus.plugins.persistence.ledger import Ledger
-from tickbus.schemas import NOTIONAL_SCALE, SCALE, Msg, Position
+from tickbus.schemas import Fill, Msg, OrderAccepted, OrderRequest, OrderUpdate, Position
+from tickbus.tools import report
 
 log = logging.getLogger("tickbus.backtest")
 
@@ -75,8 +79,8 @@ LOG_NAME = "backtest_log"
 OUTPUTS = ("orders.jsonl", "fills.jsonl", "summary.json")
 _DB_SUFFIXES = ("", "-wal", "-shm")
 _FLUSH = 10_000  # log messages kept before they are written
-_SHARPE_BUCKET_NS = 1_000_000_000
-_SECONDS_PER_YEAR = 365 * 86_400  # crypto trades every day
+_STAGES = ("tick_to_trade", "decision", "risk", "fill")
+_STOP_S = 120.0  # stop and drain budget of a backtest (live default: 0.8 s, for SIGTERM)
 
 
 # --------------------------------------------------------------------------- the config
@@ -208,14 +212,28 @@ def backtest_config(cfg: Config, data: Sequence[str], out: Path) -> tuple[Config
     new: dict[str, Any] = {"speed": 0.0, "exit_at_end": True}
     if data:
         new["files"] = [str(Path(f).resolve()) for f in data]
-    changes = {replay: new}
+    changes: dict[str, dict[str, Any]] = {replay: new}
     for name, e in cfg.plugins.items():
         if e.enabled and e.plugin == "persistence":
             changes[name] = {"path": str(out.resolve() / f"{name}.db")}
         elif e.enabled and e.plugin == "metrics":
             changes[name] = {"port": 0}  # any free port: runs side by side, and with live ones
     cfg = with_settings(cfg, changes)
-    kernel = msgspec.structs.replace(cfg.kernel, clock="replay", state_dir=str(out.resolve()))
+    # The replay starts after every other instance: a short capture can be over before a
+    # slow start hook (a database opening) returns, and a stop requested during start-up
+    # skips the drain and the flush.
+    others = tuple(n for n, e in cfg.plugins.items()
+                   if e.enabled and n != replay and replay not in e.after)  # fmt: skip
+    entry = cfg.plugins[replay]
+    plugins = dict(cfg.plugins)
+    plugins[replay] = msgspec.structs.replace(entry, after=(*entry.after, *others))
+    cfg = msgspec.structs.replace(cfg, plugins=plugins)
+    # the end of the data is no emergency: every lane works off its backlog, however long
+    kernel = msgspec.structs.replace(
+        cfg.kernel, clock="replay", state_dir=str(out.resolve()),
+        stop_timeout_s=max(cfg.kernel.stop_timeout_s, _STOP_S),
+        drain_timeout_s=max(cfg.kernel.drain_timeout_s, _STOP_S),
+    )  # fmt: skip
     bus = msgspec.structs.replace(
         cfg.bus, tap="", listen_pub=[], listen_sub=[], listen_tap_pub=[], join_pub="",
         join_sub="", join_tap="",
@@ -262,59 +280,11 @@ class Records:
         return b"".join(self.enc.encode(self.record(m)) + b"\n" for m in msgs)
 
 
-class Equity:
-    """The account from the Position stream: round trips and wins (the persistence
-    plugin's :class:`Ledger`, so the backtest counts trades as the database does), max
-    drawdown of the net PnL (realised + unrealised - fees over all symbols), and that net
-    PnL at the end of each second of recorded time, for the Sharpe ratio."""
-
-    def __init__(self) -> None:
-        self.ledger = Ledger()
-        self.max_drawdown = 0
-        self.buckets: list[int] = []
-        self._bucket_end = 0
-
-    def on_position(self, p: Position) -> None:
-        if p.symbol == "total":
-            return
-        self._sample(p.ts_update_ns)
-        led = self.ledger
-        led.on_position(p)
-        self.max_drawdown = max(self.max_drawdown, led.peak - led.net)
-
-    def _sample(self, ts_ns: int) -> None:
-        """Close the seconds that ended before ``ts_ns`` with the net PnL before it."""
-        if not self._bucket_end:
-            self._bucket_end = ts_ns - ts_ns % _SHARPE_BUCKET_NS + _SHARPE_BUCKET_NS
-        net = self.ledger.net
-        while ts_ns >= self._bucket_end:
-            self.buckets.append(net)
-            self._bucket_end += _SHARPE_BUCKET_NS
-
-    @property
-    def positions(self) -> list[Position]:
-        return [b.last for _, b in sorted(self.ledger.books.items()) if b.last is not None]
-
-    @property
-    def wins(self) -> int:
-        return sum(b.wins for b in self.ledger.books.values())
-
-    def sharpe(self) -> float:
-        """Annualised Sharpe ratio of the 1-second net PnL changes (0 with no variation)."""
-        steps = [b - a for a, b in itertools.pairwise([0, *self.buckets, self.ledger.net])]
-        if len(steps) < 2:
-            return 0.0
-        mean = sum(steps) / len(steps)
-        var = sum((s - mean) ** 2 for s in steps) / (len(steps) - 1)
-        if var <= 0:
-            return 0.0
-        return mean / math.sqrt(var) * math.sqrt(_SECONDS_PER_YEAR)
-
-
 class RunLog:
-    """The recorder's component: order and fill logs, equity, the replay phase's timing.
-    Messages are kept as they come (an append: the hot lane pays nothing more) and written
-    ``_FLUSH`` at a time."""
+    """The recorder's component: the order and fill logs, and what the report needs (the
+    positions, fills, round trips and latencies, as ``tickbus report`` reads them from the
+    database). Messages are kept as they come - an append: the hot lane pays nothing more -
+    and written ``_FLUSH`` at a time."""
 
     def __init__(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -323,9 +293,11 @@ class RunLog:
             "fills": open(out / "fills.jsonl", "wb"),  # noqa: SIM115
         }
         self.pending: dict[str, list[Msg]] = {"orders": [], "fills": []}
+        self.positions: list[Position] = []
         self.records = Records()
-        self.equity = Equity()
         self.counts: dict[str, int] = {}
+        self.fills: list[tuple[str, str, int, int, int]] = []
+        self.latency: dict[str, list[int]] = {s: [] for s in _STAGES}
         self.t_start = self.t_end = 0.0
         orders, fills = self.pending["orders"], self.pending["fills"]
 
@@ -340,12 +312,25 @@ class RunLog:
                 self.flush("fills")
 
         self.on_order, self.on_fill = on_order, on_fill
+        self.on_position = self.positions.append
 
     def flush(self, which: str) -> None:
         msgs = self.pending[which]
+        lat = self.latency
         for m in msgs:
             name = type(m).__name__
             self.counts[name] = self.counts.get(name, 0) + 1
+            # the stages as tools/report.py measures them from the database
+            if isinstance(m, Fill):
+                self.fills.append((m.symbol, m.side, m.px, m.qty, m.fee))
+                lat["fill"].append(m.ts_fill_ns - m.ts_recv_ns)
+            elif isinstance(m, OrderUpdate):
+                if m.status == "accepted":
+                    lat["tick_to_trade"].append(m.ts_update_ns - m.ts_recv_ns)
+            elif isinstance(m, OrderRequest):
+                lat["decision"].append(m.ts_created_ns - m.ts_recv_ns)
+            elif isinstance(m, OrderAccepted):
+                lat["risk"].append(m.ts_accepted_ns - m.order.ts_created_ns)
         self.files[which].write(self.records.lines(msgs))
         msgs.clear()
 
@@ -353,6 +338,26 @@ class RunLog:
         for which, f in self.files.items():
             self.flush(which)
             f.close()
+
+    def report_run(self, exit_reason: str) -> report.Run:
+        """This run as :mod:`tickbus.tools.report` would load it from the database."""
+        # the database's order: time, then fill count (tools/report.py)
+        pos = sorted((p for p in self.positions if p.symbol != "total"),
+                     key=lambda p: (p.ts_update_ns, p.fills))  # fmt: skip
+        ledger = Ledger()  # round trips as the persistence plugin books them
+        trades = []
+        for p in pos:
+            row = ledger.on_position(p)
+            if row is not None:
+                trades.append((row[0], row[3], int(row[-1])))
+        r = report.Run(1, "replay", pos[0].ts_update_ns if pos else 0,
+                       pos[-1].ts_update_ns if pos else 0, exit_reason)  # fmt: skip
+        r.positions = [(p.symbol, p.ts_update_ns, p.fills, p.qty, p.cost, p.realized_pnl,
+                        p.unrealized_pnl, p.fees, p.mark_px) for p in pos]  # fmt: skip
+        r.fills = self.fills
+        r.trades = trades
+        r.latency = {s: sorted(v) for s, v in self.latency.items()}
+        return r
 
 
 class Recorder:
@@ -367,7 +372,7 @@ class Recorder:
         for topic in ("ord.request", "ord.accepted", "ord.rejected", "ord.cancel", "exec.report"):
             ctx.subscribe(topic, rec.on_order)
         ctx.subscribe("exec.fill", rec.on_fill)
-        ctx.subscribe("pos.", rec.equity.on_position)
+        ctx.subscribe("pos.", rec.on_position)
         return rec
 
     @hookimpl
@@ -387,29 +392,16 @@ class Recorder:
 
 
 class Summary(msgspec.Struct, forbid_unknown_fields=True):
-    """What one backtest reports (``summary.json``); money in the quote asset."""
+    """What one backtest reports (``summary.json``)."""
 
     config: str
     data: list[str]
     settings: dict[str, Any]
     exit_status: int
     failures: list[str]
-    realized_pnl: float
-    unrealized_pnl: float
-    fees: float
-    net_pnl: float
-    """realized + unrealized - fees."""
-    trades: int
-    """Round trips: flat -> position -> flat (or through zero), per symbol."""
-    wins: int
-    win_rate: float
-    max_drawdown: float
-    sharpe: float
-    """Annualised, from 1-second net PnL changes of recorded time."""
-    fills: int
     orders: int
     rejected: int
-    positions: dict[str, float]
+    """Order requests risk refused."""
     frames: int
     replay_s: float
     """Wall time of the replay phase (first plugin started -> data exhausted)."""
@@ -418,57 +410,29 @@ class Summary(msgspec.Struct, forbid_unknown_fields=True):
     """Wall time of the whole backtest (load, set-up, replay, drain, report)."""
     recorded_s: float
     """Recorded time the data spans."""
-
-
-def _money(v: int) -> float:
-    return v / NOTIONAL_SCALE
-
-
-def summarize(
-    rec: RunLog, *, config: str, data: list[str], settings: dict[str, Any], rc: int,
-    failures: list[str], frames: int, wall_s: float, recorded_s: float,
-) -> Summary:  # fmt: skip
-    eq = rec.equity
-    pos = eq.positions
-    replay_s = max(rec.t_end - rec.t_start, 1e-9) if rec.t_start else 0.0
-    return Summary(
-        config=config, data=data, settings=settings, exit_status=rc, failures=failures,
-        realized_pnl=_money(sum(p.realized_pnl for p in pos)),
-        unrealized_pnl=_money(sum(p.unrealized_pnl for p in pos)),
-        fees=_money(sum(p.fees for p in pos)), net_pnl=_money(eq.ledger.net),
-        trades=eq.ledger.trades,
-        wins=eq.wins, win_rate=eq.wins / eq.ledger.trades if eq.ledger.trades else 0.0,
-        max_drawdown=_money(eq.max_drawdown), sharpe=round(eq.sharpe(), 6),
-        fills=rec.counts.get("Fill", 0), orders=rec.counts.get("OrderRequest", 0),
-        rejected=rec.counts.get("OrderRejected", 0),
-        positions={p.symbol: p.qty / SCALE for p in pos},
-        frames=frames, replay_s=round(replay_s, 6),
-        frames_per_s=round(frames / replay_s) if replay_s else 0.0,
-        wall_s=round(wall_s, 6), recorded_s=round(recorded_s, 3),
-    )  # fmt: skip
+    databases: list[str]
+    """The persistence databases of the run (``tickbus report DB`` reads them)."""
+    report: dict[str, Any]
+    """The figures of ``tickbus report --json`` (tools/report.py), computed from the
+    messages of the run itself: PnL, round trips, win rate, Sharpe, drawdown, turnover,
+    exposure, latency percentiles (money as exact decimal strings)."""
 
 
 def format_summary(s: Summary) -> str:
-    """The report as text."""
-    pos = ", ".join(f"{k} {v:g}" for k, v in s.positions.items()) or "none"
+    """The report as text: ``tickbus report``'s, then the backtest's own lines."""
     lines = [
         f"backtest {s.config}" + (f" on {', '.join(Path(d).name for d in s.data)}" if s.data
                                   else ""),  # fmt: skip
         *(f"  setting   {k} = {v!r}" for k, v in s.settings.items()),
-        f"  PnL       net {s.net_pnl:+.4f} = realised {s.realized_pnl:+.4f}"
-        f" + unrealised {s.unrealized_pnl:+.4f} - fees {s.fees:.4f}",
-        f"  trades    {s.trades} round trips, win rate {s.win_rate:.1%}; {s.fills} fills,"
-        f" {s.orders} orders ({s.rejected} rejected by risk)",
-        f"  risk      max drawdown {s.max_drawdown:.4f}, Sharpe {s.sharpe:.2f}"
-        " (annualised, 1 s steps)",
-        f"  position  {pos}",
+        f"  orders    {s.orders} ({s.rejected} rejected by risk)",
         f"  speed     {s.frames:,} frames in {s.replay_s:.3f} s: {s.frames_per_s:,.0f} frames/s"
         f" ({s.recorded_s / s.replay_s if s.replay_s else 0:,.0f}x real time);"
         f" wall {s.wall_s:.2f} s",
+        *(f"  database  {d} (tickbus report {d} --html FILE)" for d in s.databases),
     ]
     if s.exit_status:
         lines.append(f"  FAILED    exit status {s.exit_status}: {'; '.join(s.failures)}")
-    return "\n".join(lines)
+    return report.render_text(s.report) + "\n" + "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- one backtest
@@ -506,13 +470,24 @@ def run_one(args: argparse.Namespace, t0: float) -> int:
     rec: RunLog | None = ctx.component if ctx is not None else None
     if rec is None:  # stopped before set-up (a signal during start)
         return rc or 1
+    failures = list(dict.fromkeys(kernel.failures))
+    if not rec.t_end:  # stopped during start-up: no stop, drain or flush happened
+        failures.append("the run stopped before every plugin had started: results incomplete")
+        rc = rc or 1
     replay_c = kernel.contexts[replay].component
     first_ts = getattr(replay_c, "_status_at", (0, 0, 0))[2]
-    summary = summarize(
-        rec, config=args.config, data=[str(f) for f in replay_c.files], rc=rc,
-        settings=dict(parsed), failures=list(dict.fromkeys(kernel.failures)),
-        frames=replay_c.frames, wall_s=time.perf_counter() - t0,
-        recorded_s=0.0 if not first_ts else (replay_c.last_ts - first_ts) / 1e9,
+    replay_s = max(rec.t_end - rec.t_start, 1e-9) if rec.t_start else 0.0
+    summary = Summary(
+        config=args.config, data=[str(f) for f in replay_c.files], settings=dict(parsed),
+        exit_status=rc, failures=failures,
+        orders=rec.counts.get("OrderRequest", 0), rejected=rec.counts.get("OrderRejected", 0),
+        frames=replay_c.frames, replay_s=round(replay_s, 6),
+        frames_per_s=round(replay_c.frames / replay_s) if replay_s else 0.0,
+        wall_s=round(time.perf_counter() - t0, 6),
+        recorded_s=round((replay_c.last_ts - first_ts) / 1e9, 3) if first_ts else 0.0,
+        databases=[e.settings["path"] for e in cfg.plugins.values()
+                   if e.enabled and e.plugin == "persistence"],
+        report=report.figures(rec.report_run(kernel.shutdown_reason)),
     )  # fmt: skip
     (out / "summary.json").write_bytes(msgspec.json.format(msgspec.json.encode(summary)) + b"\n")
     print(msgspec.json.encode(summary).decode() if args.json else format_summary(summary))
@@ -614,10 +589,15 @@ def sweep_table(keys: list[str], rows: list[dict[str, Any]]) -> list[list[str]]:
         if s is None:
             table.append([*cells, *["-"] * 9, f"failed: {r.get('error', '')}"])
             continue
+        f = s["report"]
+        pnl, trades = f["pnl"], f["trades"]
+        win = trades["win_rate"]
         table.append([
-            *cells, f"{s['net_pnl']:+.4f}", f"{s['realized_pnl']:+.4f}", f"{s['fees']:.4f}",
-            f"{s['sharpe']:.2f}", f"{s['max_drawdown']:.4f}", str(s["trades"]),
-            f"{100 * s['win_rate']:.1f}", str(s["fills"]), f"{s['frames_per_s']:,.0f}",
+            *cells, f"{Decimal(pnl['net']):+.4f}", f"{Decimal(pnl['realized']):+.4f}",
+            f"{Decimal(pnl['fees']):.4f}", "n/a" if f["sharpe"] is None else f"{f['sharpe']:.2f}",
+            f"{Decimal(f['max_drawdown']):.4f}", str(trades["count"]),
+            "n/a" if win is None else f"{100 * win:.1f}", str(f["fills"]),
+            f"{s['frames_per_s']:,.0f}",
             "ok" if not r["exit_status"] else f"failed: {r.get('error', '')}",
         ])  # fmt: skip
     return table
