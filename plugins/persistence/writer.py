@@ -86,12 +86,23 @@ ORDER_RESTORED = _insert("orders", (*_ORDER_ALL[2:], "restored_qty"))
 """A working order restored at start, copied into the new run (so the run's own rows hold
 every order alive in it, and its reports move that copy)."""
 
+_STUB_FILL = ", ".join(
+    f"{c} = CASE WHEN orders.tif = '' THEN excluded.{c} ELSE orders.{c} END" for c in (
+        "order_type", "tif", "qty", "px", "expire_at_ns", "reduce_only", "replaces",
+        "ts_recv_ns", "ts_created_ns"))  # fmt: skip
 ORDER_ACCEPTED = (
-    "UPDATE orders SET ts_accepted_ns = ?,"
-    " ts_updated_ns = CASE status WHEN 'new' THEN ? ELSE ts_updated_ns END,"
-    " status = CASE status WHEN 'new' THEN 'accepted' ELSE status END"
-    " WHERE run_id = ? AND strategy_id = ? AND client_order_id = ? AND ts_accepted_ns IS NULL"
+    f"INSERT INTO orders ({', '.join(_ORDER_ALL)}) VALUES ({_REQUEST_VALUES},"
+    " 'accepted', 0, ?, 0, '', ?, ?) ON CONFLICT (run_id, strategy_id, client_order_id)"
+    f" DO UPDATE SET {_STUB_FILL},"
+    " ts_accepted_ns = coalesce(orders.ts_accepted_ns, excluded.ts_accepted_ns),"
+    " ts_updated_ns = CASE orders.status WHEN 'new' THEN excluded.ts_updated_ns"
+    " ELSE orders.ts_updated_ns END,"
+    " status = CASE orders.status WHEN 'new' THEN 'accepted' ELSE orders.status END"
 )
+"""Risk let it through (one statement: makes the row if it is the first message about the
+order - it usually is, the request reaches other lanes after what risk did with it - or
+completes a report's stub, stamps the acceptance and moves a ``new`` order on)."""
+
 ORDER_REJECTED = (
     "UPDATE orders SET status = 'rejected', leaves_qty = 0, reason = ?, ts_updated_ns = ?"
     " WHERE run_id = ? AND strategy_id = ? AND client_order_id = ? AND status = 'new'"
@@ -100,7 +111,7 @@ ORDER_REJECTED = (
 JOURNAL = {table: _insert(table, cols) for table, cols in JOURNAL_COLUMNS.items()}
 
 STATEMENTS: tuple[str, ...] = (
-    ORDER_INSERT, ORDER_STATE, *JOURNAL.values(), ORDER_ACCEPTED, ORDER_REJECTED,
+    ORDER_INSERT, ORDER_ACCEPTED, ORDER_STATE, *JOURNAL.values(), ORDER_REJECTED,
 )  # fmt: skip
 """Every statement, in the order a commit runs them (see the module docstring)."""
 
@@ -206,12 +217,11 @@ class Writer:
         self.rows += 1
 
     def order_accepted(self, a: OrderAccepted) -> None:
-        """``ord.accepted``: risk let it through (the row is made if risk made the order)."""
+        """``ord.accepted``: risk let it through (the row is made if it is not there yet)."""
         o = a.order
-        self._order_insert(self._order_row(o, self._next()))
-        self._accepted((a.ts_accepted_ns, a.ts_accepted_ns, self.run_id, o.strategy_id,
-                        o.client_order_id))  # fmt: skip
-        self.rows += 2
+        self._accepted((self.run_id, self._next(), *astuple(o)[:_N_REQ], o.qty, a.ts_accepted_ns,
+                        a.ts_accepted_ns))  # fmt: skip
+        self.rows += 1
 
     def order_rejected(self, r: OrderRejected) -> None:
         """``ord.rejected``: a ``rejections`` row; the order (if it is this one) is final."""
