@@ -475,6 +475,9 @@ def run_one(args: argparse.Namespace, t0: float) -> int:
         failures.append("the run stopped before every plugin had started: results incomplete")
         rc = rc or 1
     replay_c = kernel.contexts[replay].component
+    if not replay_c.done:  # Ctrl-C, SIGTERM: the figures cover part of the data only
+        failures.append(f"stopped before the end of the data ({kernel.shutdown_reason})")
+        rc = rc or 1
     first_ts = getattr(replay_c, "_status_at", (0, 0, 0))[2]
     replay_s = max(rec.t_end - rec.t_start, 1e-9) if rec.t_start else 0.0
     summary = Summary(
@@ -650,7 +653,7 @@ def run(args: argparse.Namespace) -> int:
     os._exit(rc)
 
 
-def main(argv: list[str] | None = None, exit_now: Callable[[int], Any] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point for ``python -m tickbus.tools.backtest``."""
     logging.basicConfig(
         level=logging.INFO,
