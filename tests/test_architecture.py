@@ -144,3 +144,9 @@ def test_a_wheel_installs_one_top_level_package_beside_a_foreign_tools(tmp_path:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith(str(site)), run.stdout
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    """Test folders are not packages: two test files of one name break collection."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py") if "build" not in p.parts]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
