@@ -30,9 +30,11 @@ realised / unrealised / after fees, round trips and their win rate, Sharpe, max 
 turnover, exposure, latency percentiles), computed from the messages of the run itself - the
 same figures with or without a ``persistence`` instance, whose database ``tickbus report``
 reads - then the orders, and the engine's speed: frames replayed per second of the replay
-phase, and the wall time of the whole backtest.
-The exit status is the kernel's: non-zero if the run failed (bad frames skipped, a plugin
-died...), 2 for a bad command line or config.
+phase, and the wall time of the whole backtest. The exit status is the kernel's: non-zero if
+the run failed (bad frames skipped, a plugin died, stopped before the end of the data...),
+2 for a bad command line or config. The replay starts after every other plugin, and the
+stop waits (up to 120 s) for every lane to work off its backlog: the end of the data is no
+SIGTERM.
 
 ``--set KEY=VALUE`` changes one setting: ``instance.key`` (``imbalance.imbalance_threshold``,
 ``risk.max_order_size``, ``persistence.enabled=false``; a plugin's name stands for all of its
