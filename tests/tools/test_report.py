@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
-from tickbus.kernel import PluginContext, hookimpl
-from tickbus.kernel.app import Kernel
-from tickbus.schemas import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "persistence"))
+from persistence_support import NO_ENDPOINTS, Feeder  # noqa: E402
+
+from tickbus.kernel.app import Kernel  # noqa: E402
+from tickbus.schemas import (  # noqa: E402
     NOTIONAL_SCALE,
     SCALE,
     Fill,
@@ -34,17 +36,6 @@ from tickbus.schemas import (
 T0 = 1_723_000_000_000_000_000
 S = 10**9  # one second in ns
 N = NOTIONAL_SCALE
-NO_ENDPOINTS = {"tap": "", "listen_pub": [], "listen_sub": [], "listen_tap_pub": []}
-
-
-class Feeder:
-    def __init__(self, msgs: list[tuple[str, Any]]) -> None:
-        self.msgs = msgs
-
-    @hookimpl
-    def tickbus_start(self, ctx: PluginContext) -> None:
-        for topic, msg in self.msgs:
-            ctx.publish(topic, msg)
 
 
 def pos(t: int, qty: int, cost: int, realized: int, mark: int, fees: int, fills: int) -> tuple[

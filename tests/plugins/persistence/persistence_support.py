@@ -57,6 +57,17 @@ class Feeder:
             ctx.publish(topic, msg)
 
 
+class probe:
+    """Test plugin: every ``restore.*`` message it gets."""
+
+    @staticmethod
+    @hookimpl
+    def tickbus_setup(ctx: PluginContext) -> list[Any]:
+        seen: list[Any] = []
+        ctx.subscribe("restore.", seen.append)
+        return seen
+
+
 def trading_config(rt: Path, db: Path, *, persist_lane: str = "persist",
                    **persistence: Any) -> dict[str, Any]:  # fmt: skip
     """configs/imbalance.toml (replay of the bundled sample, features, the calibrated

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from persistence_support import NO_ENDPOINTS
 
 from conftest import tickbus_cmd, tickbus_env, write_config
 from tickbus.kernel import TickbusError
@@ -41,7 +42,6 @@ from tickbus.schemas import (
     StrategySnapshot,
 )
 
-NO_ENDPOINTS = {"tap": "", "listen_pub": [], "listen_sub": [], "listen_tap_pub": []}
 T0 = 1_723_000_000_000_000_000
 
 

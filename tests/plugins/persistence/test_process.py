@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from persistence_support import IMBALANCE, NO_ENDPOINTS
+from persistence_support import IMBALANCE, NO_ENDPOINTS, probe
 
 from conftest import tickbus_cmd, tickbus_env, write_config
-from tickbus.kernel import PluginContext, hookimpl
 from tickbus.kernel.app import Kernel
 from tickbus.plugins.broker.positions import PositionBook
 from tickbus.schemas import OrderAccepted, OrderUpdate, Position
@@ -83,17 +82,6 @@ out = "{out}"
                       ("count(*)", "count(DISTINCT fill_id)", "max(fill_id)"))  # fmt: skip
     assert (rows, ids, top) == (sent, sent, sent - 1)
     assert count(db, "SELECT exit_reason FROM runs") == "SIGTERM"
-
-
-class probe:
-    """Every restore.* message, in the persistence lane."""
-
-    @staticmethod
-    @hookimpl
-    def tickbus_setup(ctx: PluginContext) -> list[Any]:
-        seen: list[Any] = []
-        ctx.subscribe("restore.", seen.append)
-        return seen
 
 
 def test_sigkill_mid_run_then_restart_restores_the_committed_state(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from persistence_support import Feeder
+from persistence_support import NO_ENDPOINTS, Feeder, probe
 
 from tickbus.kernel import PluginContext, hookimpl
 from tickbus.kernel.app import Kernel
@@ -29,17 +29,6 @@ from tickbus.schemas import (
 
 T0 = 1_723_000_000_000_000_000
 PX = 60_000 * SCALE
-
-
-class probe:
-    """Records every restore.* message (set up after persistence, in its lane)."""
-
-    @staticmethod
-    @hookimpl
-    def tickbus_setup(ctx: PluginContext) -> list[tuple[type, Any]]:
-        seen: list[Any] = []
-        ctx.subscribe("restore.", seen.append)
-        return seen
 
 
 def req(cid: str, side: str = "buy", qty: int = SCALE // 100, px: int = PX, *,
@@ -77,7 +66,7 @@ def runs(start_kernel: Callable[..., Kernel], tmp_path: Path) -> Callable[..., l
             end: Callable[[Kernel], None] | None = None) -> list[Any]:  # fmt: skip
         raw = {
             "kernel": {"clock": clock},
-            "bus": {"tap": "", "listen_pub": [], "listen_sub": [], "listen_tap_pub": []},
+            "bus": NO_ENDPOINTS,
             "plugins": {
                 "persistence": {"path": str(db), "restore": restore},
                 "probe": {},
@@ -253,7 +242,7 @@ def test_restore_comes_before_the_plugins_that_start_after_it(
             late.seen_at_start = [type(m).__name__ for m in ctx.component]
 
     k = start_kernel({
-        "bus": {"tap": "", "listen_pub": [], "listen_sub": [], "listen_tap_pub": []},
+        "bus": NO_ENDPOINTS,
         "plugins": {"late": {"after": ["persistence"]},
                     "persistence": {"path": str(runs.db)}},  # type: ignore[attr-defined]
     }, {"late": late})  # fmt: skip
