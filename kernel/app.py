@@ -74,6 +74,10 @@ class Kernel:
         """Bring everything up; raises TickbusError (after cleaning up) on a user error."""
         try:
             self._start()
+        except StartAborted:
+            if not self._started:  # nothing runs yet (e.g. SIGTERM during a compile)
+                self._teardown(time.monotonic() + 1.0)
+            raise  # else run() stops what started: stop, drain, flush
         except BaseException:
             self._teardown(time.monotonic() + 1.0)
             raise
@@ -261,7 +265,9 @@ class Kernel:
             self.start()
         except StartAborted as err:
             log.warning("%s", err)
-            return self.exit_status()
+            # plugins that had started (a replay may finish before the rest is up) are
+            # stopped, drained and flushed like at any other stop
+            return self.exit_status(self.stop())
         sdnotify.notify(f"READY=1\nSTATUS=running: {len(self.order)} plugins")
         interval = sdnotify.watchdog_interval_s()  # already half of WatchdogSec
         status_s = self.config.kernel.status_interval_s
@@ -381,14 +387,17 @@ class Kernel:
         if not drained:
             log.error("the bus did not drain before the stop deadline; messages may be lost")
         ok &= drained
+        # flush hooks (commit the database...) get their own budget: a stop that spent its
+        # time draining must still flush what it drained
+        flush_deadline = max(deadline, time.monotonic()) + self.config.kernel.flush_timeout_s
         for name in reversed(self._started):
             ctx = self.contexts[name]
             lane = self.lanes[ctx.lane_name]
             ok &= self._call(
-                lane, self.manager.shutdown, ctx, deadline=deadline + 0.15, what=f"shut down {name}"
+                lane, self.manager.shutdown, ctx, deadline=flush_deadline, what=f"shut down {name}"
             )
         self._started.clear()
-        ok &= self._teardown(deadline + 0.2)
+        ok &= self._teardown(max(deadline, time.monotonic()) + 0.2)
         return ok
 
     def _call(
@@ -425,7 +434,8 @@ class Kernel:
         hard = time.monotonic() + self.config.kernel.drain_timeout_s
         previous: tuple[int, ...] | None = None
         for epoch in itertools.count(1):
-            rest = max(0.01, deadline - time.monotonic())
+            # a lane still working off a backlog answers late: that is what we wait for
+            rest = max(0.01, hard - time.monotonic())
             try:
                 waits = [lane.call(lane.expect_barrier, epoch, timeout=rest) for lane in lanes]
                 sent = tuple(lane.call(lane.send_barrier, epoch, timeout=rest) for lane in lanes)

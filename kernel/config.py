@@ -58,6 +58,9 @@ class KernelConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     drain_timeout_s: float = 10.0
     """Longest a drain may take while lanes are still working off a backlog: nothing
     already published is dropped at shutdown unless this runs out (then it is logged)."""
+    flush_timeout_s: float = 3.0
+    """Budget of each plugin's flush hook (``tickbus_shutdown``: commit the database...)
+    after the drain, whatever the stop hooks and the drain used."""
     status_interval_s: float = 10.0
     """Log a status line this often: per-topic rates, lane backlogs and each plugin's
     fragment (``tickbus_status``); 0 turns it off."""
@@ -254,7 +257,7 @@ def parse_config(raw: dict[str, Any], path: str = "<config>") -> Config:
         )
     if kernel.heartbeat_s <= 0:
         raise ConfigError(path, "kernel.heartbeat_s", "must be > 0")
-    for key in ("stop_timeout_s", "drain_timeout_s"):
+    for key in ("stop_timeout_s", "drain_timeout_s", "flush_timeout_s"):
         if getattr(kernel, key) <= 0:
             raise ConfigError(path, f"kernel.{key}", "must be > 0")
     if kernel.status_interval_s < 0:

@@ -208,3 +208,21 @@ def test_bus_stats_show_every_lane_to_a_plugin(start_kernel) -> None:
     assert set(stats) == {"hot", "other"}
     assert stats["hot"]["topics"]["md.trade.BTCUSDT"] == 25 and stats["hot"]["sent"] == 25
     assert stats["other"]["received"] >= 25 and stats["other"]["alive"]
+
+
+def test_a_stop_asked_during_start_still_stops_drains_and_flushes(rt: Path, tmp_path) -> None:
+    """A replay whose data ended before the rest had started made run() skip stop, drain
+    and every flush hook (an empty database, exit 0)."""
+    flushed = tmp_path / "flushed"
+    raw = {
+        "kernel": {"runtime_dir": str(rt), "status_interval_s": 0},
+        "plugins": {
+            "first": {"plugin": "faulty", "flushed_file": str(flushed)},
+            "quick": {"plugin": "faulty", "stop_at_start": True},
+            "never": {"plugin": "faulty", "flushed_file": str(tmp_path / "never")},
+        },
+    }
+    k = Kernel(parse_config(raw, "t.toml"), extra_plugins={"faulty": faulty})
+    assert k.run(handle_signals=False) == 0, k.failures
+    assert flushed.read_text() == "flushed", "a plugin that started is flushed"
+    assert not (tmp_path / "never").exists(), "a plugin that never started is not"

@@ -25,6 +25,8 @@ class FaultyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Publish, at start, a Trade whose price does not fit 64 bits on this topic."""
     flushed_file: str = ""
     """Write 'flushed' here in the shutdown hook."""
+    stop_at_start: bool = False
+    """Ask the process to stop from the start hook (a replay whose data ends at once)."""
 
 
 @hookimpl
@@ -55,6 +57,8 @@ def tickbus_setup(ctx: PluginContext) -> dict[str, int]:
 @hookimpl
 def tickbus_start(ctx: PluginContext) -> None:
     cfg: FaultyConfig = ctx.config
+    if cfg.stop_at_start:
+        ctx.request_shutdown("all done already")
     if cfg.huge_on_start:
         ctx.publish(cfg.huge_on_start, Trade("BTCUSDT", 1, 2**70, 1, False, 0, 0))
     if cfg.task_dies_after_s >= 0:
