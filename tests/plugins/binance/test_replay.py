@@ -121,7 +121,9 @@ def test_backtest_config_runs_to_the_end(tmp_path: Path) -> None:
     cfg = (ROOT / "configs" / "backtest.toml").read_text()
     path = write_config(
         tmp_path / "b.toml",
-        f"{cfg}\n".replace("[kernel]", f'[kernel]\nruntime_dir = "{tmp_path}"', 1),
+        f"{cfg}\n".replace(
+            "[kernel]", f'[kernel]\nruntime_dir = "{tmp_path}"\nstate_dir = "{tmp_path}/state"', 1
+        ),
     )
     out = subprocess.run(
         tickbus_cmd("run", str(path)),
