@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from tickbus.schemas import (
     OrderAccepted,
     OrderRequest,
+    OrderStatus,
     OrderUpdate,
     Position,
     StrategySnapshot,
@@ -163,7 +164,7 @@ def _orders(
     not finished, less those an accepted order of the run replaced."""
     out = []
     rows = conn.execute(
-        f"SELECT {_REQ}, status, reason, ts_accepted_ns, ts_updated_ns, avg_px, restored_qty"
+        f"SELECT {_REQ}, reason, ts_accepted_ns, ts_updated_ns, avg_px, restored_qty"
         " FROM orders o WHERE run_id = ? AND status IN ('new', 'accepted', 'partially_filled')"
         " AND ts_accepted_ns IS NOT NULL AND tif != '' AND NOT EXISTS (SELECT 1 FROM orders r"
         " WHERE r.run_id = o.run_id AND r.strategy_id = o.strategy_id"
@@ -176,7 +177,7 @@ def _orders(
         req = list(row[:n])
         req[9] = bool(req[9])  # reduce_only
         o = OrderRequest(*req)
-        status, reason, ts_accepted, ts_updated, avg_px, carried = row[n:]
+        reason, ts_accepted, ts_updated, avg_px, carried = row[n:]
         filled = carried
         notional = carried * avg_px  # restored part: at the average it was restored with
         for px, qty in conn.execute(
@@ -189,11 +190,11 @@ def _orders(
         leaves = o.qty - filled
         if leaves <= 0:
             continue  # its last fill was committed, its "filled" report was not
-        status = "partially_filled" if filled else "accepted"
+        state: OrderStatus = "partially_filled" if filled else "accepted"
         avg = (2 * notional + filled) // (2 * filled) if filled else 0  # half up, as the broker
         out.append((
             OrderAccepted(o, ts_accepted),
-            OrderUpdate(o.client_order_id, o.strategy_id, o.symbol, o.side, o.order_type, status,
+            OrderUpdate(o.client_order_id, o.strategy_id, o.symbol, o.side, o.order_type, state,
                         o.px, o.qty, filled, leaves, avg,
                         f"restored from run {from_run}" + (f" ({reason})" if reason else ""),
                         o.ts_recv_ns, ts_updated),

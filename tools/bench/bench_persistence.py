@@ -55,6 +55,7 @@ from tickbus.schemas import (
     OrderRequest,
     OrderUpdate,
     Position,
+    Side,
     Signal,
 )
 
@@ -70,20 +71,20 @@ def session(cycles: int) -> list[tuple[str, Msg]]:
     pos = 0
     for i in range(cycles):
         t = T0 + i * 1_000_000
-        side = "buy" if i % 2 == 0 else "sell"
+        side: Side = "buy" if i % 2 == 0 else "sell"
         cid = f"bench-x-{i}"
         o = OrderRequest(cid, "bench", "BTCUSDT", side, "limit", "GTC", qty, px + i, 0, False,
-                         "", t, t + 5_000)  # type: ignore[arg-type]  # fmt: skip
+                         "", t, t + 5_000)
         pos += qty if side == "buy" else -qty
         out += [
             ("sig.BTCUSDT", Signal("BTCUSDT", "bench", 1, 0.8, 0.9, 1000, "", t, t)),
             ("ord.request", o),
             ("ord.accepted", OrderAccepted(o, t + 7_000)),
-            ("exec.report", OrderUpdate(cid, "bench", "BTCUSDT", side, "limit", "accepted",  # type: ignore[arg-type]
+            ("exec.report", OrderUpdate(cid, "bench", "BTCUSDT", side, "limit", "accepted",
                                         o.px, qty, 0, qty, 0, "", t, t + 9_000)),
-            ("exec.fill", Fill(cid, "bench", "BTCUSDT", side, i + 1, o.px, qty, 60 * NOTIONAL_SCALE  # type: ignore[arg-type]
-                               // 1000, "maker", t, t, t + 20_000)),
-            ("exec.report", OrderUpdate(cid, "bench", "BTCUSDT", side, "limit", "filled",  # type: ignore[arg-type]
+            ("exec.fill", Fill(cid, "bench", "BTCUSDT", side, i + 1, o.px, qty,
+                               60 * NOTIONAL_SCALE // 1000, "maker", t, t, t + 20_000)),
+            ("exec.report", OrderUpdate(cid, "bench", "BTCUSDT", side, "limit", "filled",
                                         o.px, qty, qty, 0, o.px, "", t, t + 20_000)),
             ("pos.BTCUSDT", Position("BTCUSDT", pos, pos * px, i * 10**15, 0, i * 10**14,
                                      px, i + 1, t, t + 20_000)),
