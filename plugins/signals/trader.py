@@ -71,6 +71,9 @@ class TraderConfig(StrategyConfig, frozen=True):
     min_holding_ms: int = 100
     """Holding periods are clamped to [min_holding_ms, max_holding_ms]."""
     max_holding_ms: int = 10_000
+    reject_backoff_ms: float = 1000.0
+    """After a rejection (risk or broker), send nothing for this symbol for this long
+    (kernel clock): an order risk refuses would be refused again on every book."""
 
 
 class Decision(NamedTuple):
@@ -90,7 +93,7 @@ class _Sym:
     """Per-symbol trading state."""
 
     __slots__ = ("intent", "pending", "sig_dir", "sig_strength", "sig_t_ns", "sig_hold_ms",
-                 "exit_due", "exit_at_ns")  # fmt: skip
+                 "exit_due", "exit_at_ns", "quiet_until_ns")  # fmt: skip
 
     def __init__(self) -> None:
         self.intent = ""
@@ -103,6 +106,8 @@ class _Sym:
         self.sig_hold_ms = 0
         self.exit_due = False
         self.exit_at_ns = 0
+        self.quiet_until_ns = 0
+        """No order before this (after a rejection)."""
 
 
 class SignalTrader(Strategy):
@@ -137,7 +142,7 @@ class SignalTrader(Strategy):
         self.stale_half_lives = -math.log2(cfg.stale_strength) if cfg.stale_strength else 0.0
         self.state = {s: _Sym() for s in self.symbols}
         self.counts = {"signals": 0, "suppressed": 0, "bad_features": 0, "exits": 0,
-                       "requotes": 0, "stale_cancels": 0}  # fmt: skip
+                       "requotes": 0, "stale_cancels": 0, "backoff": 0}  # fmt: skip
         self._warned: set[str] = set()
         self._replay = isinstance(ctx.clock, ReplayClock)
         self._event_ns = 0
@@ -329,6 +334,9 @@ class SignalTrader(Strategy):
     def _send(self, symbol: str, side: Side, qty: int, mode: PriceMode, *,
               replaces: str = "", reduce_only: bool = False) -> None:  # fmt: skip
         st = self.state[symbol]
+        if st.quiet_until_ns and self.ctx.clock.now_ns() < st.quiet_until_ns:
+            self.counts["backoff"] += 1
+            return
         px = self.price(symbol, side, mode)
         cid = self.submit(
             symbol, side, qty, px=px, order_type="market" if mode == "market" else "limit",
@@ -428,6 +436,8 @@ class SignalTrader(Strategy):
         st = self.state.get(update.symbol)
         if st is not None and update.client_order_id == st.intent and update.status in _FINAL:
             st.intent = ""
+        if st is not None and update.status == "rejected":
+            st.quiet_until_ns = self.ctx.clock.now_ns() + int(self.config.reject_backoff_ms * 1e6)
 
     def on_stop(self) -> None:
         for symbol in self.symbols:

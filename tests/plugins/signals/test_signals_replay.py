@@ -118,3 +118,28 @@ def test_onnx_strategy_moves_to_its_own_lane_with_one_line() -> None:
     here, there = decisions("hot"), decisions("ml")
     assert len(here) > 50 and any(not d[4] for d in here)
     assert there == here
+
+
+def test_a_rejected_order_is_not_resent_at_once() -> None:
+    """Risk's max_order_size below the strategy's size: every entry is refused. Without a
+    back-off the refused order goes out again at the next chance (an exit risk refuses went
+    out again on every book: 1,801 rejects in 3 minutes, just under the circuit breaker)."""
+    from tickbus.schemas import OrderRejected
+
+    def rejects(backoff_ms: float) -> int:
+        raw = tomllib.loads(CONFIG.read_text())
+        with tempfile.TemporaryDirectory(prefix="tb", dir="/tmp") as rt:
+            raw["kernel"]["runtime_dir"] = rt
+            raw["bus"] = NO_ENDPOINTS
+            raw["plugins"]["risk"]["max_order_size"] = 0.001  # the strategy sends 0.005
+            raw["plugins"]["imbalance"]["reject_backoff_ms"] = backoff_ms
+            raw["plugins"]["out"] = {"lane": "hot"}
+            k = Kernel(parse_config(raw, str(CONFIG)), extra_plugins={"out": out_collector})
+            assert k.run(handle_signals=False) == 0, k.failures
+            seen = list(k.contexts["out"].component)
+        refused = [m for m in seen if isinstance(m, OrderRejected)]
+        assert all(r.rule == "max_order_size" for r in refused)
+        return len(refused)
+
+    # measured on the sample: 112 without a back-off, 36 with the default 1 s
+    assert rejects(1000.0) * 2 < rejects(0.0)
