@@ -86,8 +86,9 @@ def session(cycles: int) -> list[tuple[str, Msg]]:
                                60 * NOTIONAL_SCALE // 1000, "maker", t, t, t + 20_000)),
             ("exec.report", OrderUpdate(cid, "bench", "BTCUSDT", side, "limit", "filled",
                                         o.px, qty, qty, 0, o.px, "", t, t + 20_000)),
-            ("pos.BTCUSDT", Position("BTCUSDT", pos, pos * px, i * 10**15, 0, i * 10**14,
-                                     px, i + 1, t, t + 20_000)),
+            # money stays within 64 bits: msgpack cannot carry more across lanes
+            ("pos.BTCUSDT", Position("BTCUSDT", pos, pos * px, (i % 1000) * 10**14, 0,
+                                     (i % 1000) * 10**13, px, i + 1, t, t + 20_000)),
         ]  # fmt: skip
     return out
 
