@@ -126,10 +126,6 @@ class Ledger:
         b.peak = max(b.peak, net)
         self.peak = max(self.peak, self.net)
 
-    @property
-    def trades(self) -> int:
-        return sum(b.trades for b in self.books.values())
-
     def performance(self, ts_ns: int) -> list[tuple[Any, ...]]:
         """``performance_metrics`` row values: one per symbol and the ``total``."""
         rows = []

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -540,7 +539,3 @@ def read_only(path: Path) -> sqlite3.Connection:
         raise _error(path, "not a tickbus database (no schema version)")
     return conn
 
-
-def dumps(obj: object) -> str:
-    """JSON text for the database (compact, stable key order)."""
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True)

@@ -175,12 +175,10 @@ class Writer:
 
     # ------------------------------------------------------------------ messages -> rows
 
-    def _next(self) -> int:
+    def next_seq(self) -> int:
         """The next ``seq`` of this run."""
         self.seq += 1
         return self.seq
-
-    next_seq = _next
 
     def _plain(self, table: str) -> Callable[[Any], None]:
         add = self._journal[table]
@@ -213,20 +211,20 @@ class Writer:
 
     def order_request(self, o: OrderRequest) -> None:
         """``ord.request``: the ``orders`` row, status ``new``."""
-        self._order_insert(self._order_row(o, self._next()))
+        self._order_insert(self._order_row(o, self.next_seq()))
         self.rows += 1
 
     def order_accepted(self, a: OrderAccepted) -> None:
         """``ord.accepted``: risk let it through (the row is made if it is not there yet)."""
         o = a.order
-        self._accepted((self.run_id, self._next(), *astuple(o)[:_N_REQ], o.qty, a.ts_accepted_ns,
+        self._accepted((self.run_id, self.next_seq(), *astuple(o)[:_N_REQ], o.qty, a.ts_accepted_ns,
                         a.ts_accepted_ns))  # fmt: skip
         self.rows += 1
 
     def order_rejected(self, r: OrderRejected) -> None:
         """``ord.rejected``: a ``rejections`` row; the order (if it is this one) is final."""
         o = r.order
-        seq = self._next()
+        seq = self.next_seq()
         self._order_insert(self._order_row(o, seq))
         self._journal["rejections"]((self.run_id, seq, *astuple(o)[:_N_REQ], r.rule, r.reason,
                                      r.ts_rejected_ns))  # fmt: skip
@@ -238,7 +236,7 @@ class Writer:
 
     def order_update(self, u: OrderUpdate) -> None:
         """``exec.report``: an ``order_updates`` row, and the order's latest state."""
-        self._journal["order_updates"]((self.run_id, self._next(), *astuple(u)[:14]))
+        self._journal["order_updates"]((self.run_id, self.next_seq(), *astuple(u)[:14]))
         self.rows += 1
         if u.status == "rejected" and u.reason.startswith(_NOT_A_TRANSITION):
             return
@@ -249,7 +247,7 @@ class Writer:
 
     def derived(self, table: str, values: tuple[Any, ...]) -> None:
         """A row the plugin computed itself (``trades``, ``performance_metrics``)."""
-        self._journal[table]((self.run_id, self._next(), *values))
+        self._journal[table]((self.run_id, self.next_seq(), *values))
         self.rows += 1
 
     # ------------------------------------------------------------------ commit

@@ -82,6 +82,8 @@ out = "{out}"
                       ("count(*)", "count(DISTINCT fill_id)", "max(fill_id)"))  # fmt: skip
     assert (rows, ids, top) == (sent, sent, sent - 1)
     assert count(db, "SELECT exit_reason FROM runs") == "SIGTERM"
+    assert count(db, "SELECT config_text FROM runs") == cfg.read_text()
+    assert count(db, "SELECT config_path FROM runs") == str(cfg.resolve())
 
 
 def test_sigkill_mid_run_then_restart_restores_the_committed_state(
