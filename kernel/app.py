@@ -294,6 +294,11 @@ class Kernel:
         """0 only if the run did its job: stopped cleanly, no handler raised, no task died,
         no plugin reported lost input. Every reason for a non-zero status is logged."""
         for lane in self.lanes.values():
+            if lane.stats.encode_errors:
+                self.failures.append(
+                    f"lane {lane.name}: {lane.stats.encode_errors} message(s) could not be"
+                    " encoded for other lanes or the tap and were not sent (see above)"
+                )
             if lane.stats.handler_errors:
                 self.failures.append(
                     f"lane {lane.name}: {lane.stats.handler_errors} message(s) hit a handler"
@@ -451,7 +456,9 @@ class Kernel:
                         progressed = sum(lane.stats.received for lane in lanes) != before
                         if not progressed or time.monotonic() >= hard:
                             return False
-                        deadline = time.monotonic() + 0.2
+                        # a lane in a long handler (an fsync...) shows no progress for a
+                        # while: give it a second before calling the drain stuck
+                        deadline = time.monotonic() + 1.0
             if sent == previous:
                 return True
             previous = sent

@@ -151,6 +151,8 @@ TOOLS = (
     ("risk-gateway", "tickbus.tools.risk_gateway", "reference risk gateway for the risk plugin"),
     ("train-model", "tickbus.tools.train_model", "train the ONNX signal model on recorded data"),
     ("backtest", "tickbus.tools.backtest", "run the full pipeline on recorded data, then report"),
+    ("report", "tickbus.tools.report", "a run's performance from its database (text, JSON, HTML)"),
+    ("bench", "tickbus.tools.bench.pipeline", "end-to-end benchmark: tick-to-trade on every order"),
 )
 
 

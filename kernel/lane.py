@@ -330,6 +330,20 @@ class Lane:
         if route is None:
             route = self._compile(topic)
         route.count[0] += 1
+        if route.out:
+            # out first: a handler here may publish what this message causes, and other
+            # lanes must receive the cause before its effects
+            try:
+                frame = route.header + self._encode(msg)
+            except Exception as err:  # e.g. an int beyond 64 bits: never the publisher's problem
+                self._encode_failed(topic, msg, err)
+            else:
+                if route.to_bus:
+                    self._send(frame, 0, True)
+                    self.stats.sent += 1
+                if route.to_tap:
+                    self._send_tap(frame, 0, True)
+                    self.stats.tapped += 1
         for handler in route.handlers:
             try:
                 handler(msg)
@@ -337,18 +351,6 @@ class Lane:
                 self._handler_failed(handler, topic)
             except BaseException as err:  # SystemExit... must not kill the lane silently
                 self._handler_failed(handler, topic, err)
-        if route.out:
-            try:
-                frame = route.header + self._encode(msg)
-            except Exception as err:  # e.g. an int beyond 64 bits: never the publisher's problem
-                self._encode_failed(topic, msg, err)
-                return
-            if route.to_bus:
-                self._send(frame, 0, True)
-                self.stats.sent += 1
-            if route.to_tap:
-                self._send_tap(frame, 0, True)
-                self.stats.tapped += 1
 
     @property
     def published(self) -> int:

@@ -283,6 +283,7 @@ class Strategy(Generic[ConfigT]):
 
     def _fire(self, name: str, payload: Any) -> None:
         self._timers.pop(name, None)
+        self._cause_ns = 0  # an order from a timer was caused by no tick: no tick-to-trade
         self.on_timer(name, payload)
 
     def _book(self, book: BookTop) -> None:

@@ -211,7 +211,9 @@ class SignalTrader(Strategy):
             return "book invalid"
         if book.bid_px <= 0 or book.ask_px <= 0:
             return "book has an empty side"
-        age = self.event_now() - book.ts_recv_ns
+        # ts_recv_ns is on the monotonic clock live (the recorded time in a replay)
+        now = self._event_ns if self._replay and self._event_ns else self.ctx.clock.mono_ns()
+        age = now - book.ts_recv_ns
         if self.max_age_ns and age > self.max_age_ns:
             return (
                 f"book stale: {age / 1e6:.0f} ms old > max_book_age_ms"

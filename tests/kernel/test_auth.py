@@ -466,7 +466,8 @@ def test_a_bounded_subscriber_that_keeps_up_is_never_cut_off(start_kernel, rt: P
     k = start_kernel(
         {
             "bus": {"sub_hwm": 1000, "sub_timeout_s": 0.5},
-            "plugins": {"tb_producer": {"count": 20_000, "chunk": 500}},
+            # paced (~2 s), so the subscriber below joins while it runs
+            "plugins": {"tb_producer": {"count": 20_000, "chunk": 500, "period_ms": 50}},
         }
     )
     zctx = zmq.Context()
