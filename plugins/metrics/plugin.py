@@ -183,7 +183,8 @@ class Metrics:
         t = type(msg)
         if t is OrderRequest:
             self.orders.labels(self.strat(msg.strategy_id), self.sym(msg.symbol), msg.side).inc()
-            self._latency(self.stage.labels("decision"), msg.ts_created_ns - msg.ts_recv_ns)
+            if msg.ts_recv_ns > 0:  # 0: a timer's order, caused by no tick
+                self._latency(self.stage.labels("decision"), msg.ts_created_ns - msg.ts_recv_ns)
         elif t is OrderAccepted:
             o = msg.order
             self.accepted.labels(self.strat(o.strategy_id)).inc()
@@ -197,7 +198,7 @@ class Metrics:
         t = type(msg)
         if t is OrderUpdate:
             self.updates.labels(msg.status).inc()
-            if msg.status == "accepted":
+            if msg.status == "accepted" and msg.ts_recv_ns > 0:  # 0: caused by a timer
                 self._latency(self.t2t, msg.ts_update_ns - msg.ts_recv_ns)
             elif msg.status == "rejected":
                 self.rejections.labels("broker", self.kind(msg.reason.split(":")[0])).inc()
@@ -206,7 +207,8 @@ class Metrics:
             self.fills.labels(sym, msg.side, msg.liquidity).inc()
             self.fill_qty.labels(sym, msg.side).inc(msg.qty / SCALE)
             self.fill_notional.labels(sym).inc(msg.px * msg.qty / NOTIONAL_SCALE)
-            self._latency(self.stage.labels("fill"), msg.ts_fill_ns - msg.ts_recv_ns)
+            if msg.ts_recv_ns > 0:
+                self._latency(self.stage.labels("fill"), msg.ts_fill_ns - msg.ts_recv_ns)
 
     def on_position(self, p: Any) -> None:
         if type(p) is not Position:
