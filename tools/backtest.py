@@ -325,12 +325,14 @@ class RunLog:
             # the stages as tools/report.py measures them from the database
             if isinstance(m, Fill):
                 self.fills.append((m.symbol, m.side, m.px, m.qty, m.fee))
-                lat["fill"].append(m.ts_fill_ns - m.ts_recv_ns)
+                if m.ts_recv_ns > 0:  # 0: a timer's order, caused by no tick
+                    lat["fill"].append(m.ts_fill_ns - m.ts_recv_ns)
             elif isinstance(m, OrderUpdate):
-                if m.status == "accepted":
+                if m.status == "accepted" and m.ts_recv_ns > 0:
                     lat["tick_to_trade"].append(m.ts_update_ns - m.ts_recv_ns)
             elif isinstance(m, OrderRequest):
-                lat["decision"].append(m.ts_created_ns - m.ts_recv_ns)
+                if m.ts_recv_ns > 0:
+                    lat["decision"].append(m.ts_created_ns - m.ts_recv_ns)
             elif isinstance(m, OrderAccepted):
                 lat["risk"].append(m.ts_accepted_ns - m.order.ts_created_ns)
         self.files[which].write(self.records.lines(msgs))

@@ -117,14 +117,16 @@ def load(conn: sqlite3.Connection, run_id: int | None = None) -> Run:
         (run_id,))]  # fmt: skip
     r.trades = [(s, t, int(p)) for s, t, p in conn.execute(
         "SELECT symbol, closed_ns, pnl FROM trades WHERE run_id = ? ORDER BY seq", (run_id,))]
+    # ts_recv_ns 0: an order a timer sent (no causing tick), outside tick latencies
     queries = {
         "tick_to_trade": "SELECT ts_update_ns - ts_recv_ns FROM order_updates"
-                         " WHERE run_id = ? AND status = 'accepted'",
+                         " WHERE run_id = ? AND status = 'accepted' AND ts_recv_ns > 0",
         "decision": "SELECT ts_created_ns - ts_recv_ns FROM orders WHERE run_id = ?"
-                    " AND tif != '' AND restored_qty = 0 AND reason NOT LIKE 'restored%'",
+                    " AND ts_recv_ns > 0 AND tif != '' AND restored_qty = 0 AND reason NOT LIKE 'restored%'",
         "risk": "SELECT ts_accepted_ns - ts_created_ns FROM orders WHERE run_id = ?"
                 " AND ts_accepted_ns IS NOT NULL AND tif != '' AND reason NOT LIKE 'restored%'",
-        "fill": "SELECT ts_fill_ns - ts_recv_ns FROM fills WHERE run_id = ?",
+        "fill": "SELECT ts_fill_ns - ts_recv_ns FROM fills"
+                " WHERE run_id = ? AND ts_recv_ns > 0",
     }  # fmt: skip
     for stage, sql in queries.items():
         r.latency[stage] = sorted(v for (v,) in conn.execute(sql, (run_id,)) if v is not None)
