@@ -122,7 +122,8 @@ def load(conn: sqlite3.Connection, run_id: int | None = None) -> Run:
         "tick_to_trade": "SELECT ts_update_ns - ts_recv_ns FROM order_updates"
                          " WHERE run_id = ? AND status = 'accepted' AND ts_recv_ns > 0",
         "decision": "SELECT ts_created_ns - ts_recv_ns FROM orders WHERE run_id = ?"
-                    " AND ts_recv_ns > 0 AND tif != '' AND restored_qty = 0 AND reason NOT LIKE 'restored%'",
+                    " AND ts_recv_ns > 0 AND tif != '' AND restored_qty = 0"
+                    " AND reason NOT LIKE 'restored%'",
         "risk": "SELECT ts_accepted_ns - ts_created_ns FROM orders WHERE run_id = ?"
                 " AND ts_accepted_ns IS NOT NULL AND tif != '' AND reason NOT LIKE 'restored%'",
         "fill": "SELECT ts_fill_ns - ts_recv_ns FROM fills"
