@@ -33,6 +33,7 @@ ZMTP heartbeats.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tickbus.router")
 
 IPC_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+_INSTANCES = itertools.count(1)
 SEP = b"\x00"
 """Ends the topic in a frame (topics never contain NUL)."""
 
@@ -225,7 +227,9 @@ class _Proxy:
         # interest per prefix to decide whether a topic must leave the lane at all.
         self.xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
         self._ctx = ctx
-        self._ctrl_addr = f"inproc://{name}-ctrl"
+        # unique per instance: libzmq frees an inproc name only some time after close, so a
+        # router started right after another one closed (tests, restarts) must not reuse it
+        self._ctrl_addr = f"inproc://{name}-ctrl-{next(_INSTANCES)}"
         self._ctrl = ctx.socket(zmq.PAIR)
         self._ctrl.bind(self._ctrl_addr)
         self._thread: threading.Thread | None = None
@@ -391,9 +395,10 @@ class Router:
         check_dirs: bool = True,
         lock: runtime.RuntimeLock | None = None,
     ) -> None:
-        self.pub_inproc = f"inproc://{process}.bus-pub"
-        self.sub_inproc = f"inproc://{process}.bus-sub"
-        self.tap_inproc = f"inproc://{process}.tap-pub" if tap else ""
+        n = next(_INSTANCES)  # unique inproc names (see _Proxy)
+        self.pub_inproc = f"inproc://{process}.bus-pub.{n}"
+        self.sub_inproc = f"inproc://{process}.bus-sub.{n}"
+        self.tap_inproc = f"inproc://{process}.tap-pub.{n}" if tap else ""
         self.tap = tap
         self.bound: list[str] = []
         self._lock = lock
