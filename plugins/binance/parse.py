@@ -47,7 +47,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from typing import Any, Final
 
 import msgspec
@@ -55,6 +54,7 @@ import numba
 import numpy as np
 from numba import njit
 
+from tickbus.kernel import jit
 from tickbus.schemas import SCALE, BookTicker, DepthDiff, DepthSnapshot, Trade
 
 __all__ = [
@@ -171,23 +171,7 @@ def _probe() -> None:
     """Nothing: numba picks a cache location per source file, so it probes this one."""
 
 
-def _can_cache() -> bool:
-    """Whether numba finds a writable cache for this file: beside it (``__pycache__``), in
-    ``NUMBA_CACHE_DIR`` or in the user's cache dir. With none (a read-only install and no
-    writable home) ``njit(cache=True)`` fails at import; the kernels then compile on every
-    start instead, and ``warmup`` says so."""
-    try:
-        from numba.core.caching import FunctionCache
-
-        FunctionCache(_probe)
-    except RuntimeError:  # "no locator available"
-        return False
-    except Exception:  # another numba: let njit(cache=True) decide
-        return True
-    return True
-
-
-_CACHE = _can_cache()
+_CACHE = jit.can_cache(_probe)  # False: compile on every start (warmup says so)
 
 
 # --------------------------------------------------------------------------- numba kernel
@@ -1347,54 +1331,24 @@ _KERNELS = [_scan_small, _scan_depth, _scan]
 """The kernels the parser calls (the others are compiled into them)."""
 
 
-def _cache_state(kernels: list[Any]) -> tuple[bool | None, str]:
-    """``(cold, cache dir)`` from numba's on-disk index of each kernel: cold when an index
-    is missing, of another numba, or older than the source (numba then recompiles); None
-    if this numba's cache internals are not the ones known here (then timing tells)."""
-    cold = False
-    where = "?"
-    try:
-        for kernel in kernels:
-            cache_file = kernel._cache._cache_file
-            where = str(cache_file._cache_path)
-            cold = cold or not cache_file._load_index()
-    except Exception:  # private numba API: any change means "do not know"
-        return None, where
-    return cold, where
-
-
 def warmup(log: logging.Logger | None = None) -> float:
     """Compile (or load from cache) the kernels before the first real frame.
 
     On a cold cache (first run, new numba, changed source) it says so at INFO before the
     ~20 s compile and how long it took after. Returns the seconds spent."""
-    log = log or _log
-    cold, where = _cache_state(_KERNELS)
-    if not _CACHE:
-        log.warning(
-            "compiling frame-parser kernels (~%d s) on every start: numba finds no writable cache "
-            "dir for %s (set NUMBA_CACHE_DIR to one)",
-            COLD_COMPILE_S,
-            __file__,
+    def exercise() -> None:
+        p = FrameParser(64)
+        E = b'"E":1723161256314'
+        p.parse(b'{"e":"depthUpdate",%s,"s":"X","U":1,"u":2,"b":[["1.5","2"]],"a":[]}' % E, 0)
+        p.parse(
+            b'{"stream":"x@depth","data":{"e":"depthUpdate",%s,"s":"X","U":1,"u":2,'
+            b'"b":[],"a":[["1","1"]]}}' % E,
+            0,
         )
-    elif cold:
-        log.info("compiling frame-parser kernels (first run only, ~%d s)", COLD_COMPILE_S)
-    t0 = time.perf_counter()
-    p = FrameParser(64)
-    E = b'"E":1723161256314'
-    p.parse(b'{"e":"depthUpdate",%s,"s":"X","U":1,"u":2,"b":[["1.5","2"]],"a":[]}' % E, 0)
-    p.parse(
-        b'{"stream":"x@depth","data":{"e":"depthUpdate",%s,"s":"X","U":1,"u":2,'
-        b'"b":[],"a":[["1","1"]]}}' % E,
-        0,
-    )
-    p.parse_snapshot(b'{"lastUpdateId":1,"bids":[["1","1"]],"asks":[]}', "X", 0)
-    p.parse(b'{"stream":"x@bookTicker","data":{"u":1,"s":"X","b":"1","B":"1","a":"1","A":"1"}}', 0)
-    took = time.perf_counter() - t0
-    if cold or not _CACHE or took > 2.0:  # a compile the index did not foresee shows in the time
-        log.info(
-            "frame-parser kernels compiled in %.1f s (numba cache: %s)",
-            took,
-            where if _CACHE else "none",
+        p.parse_snapshot(b'{"lastUpdateId":1,"bids":[["1","1"]],"asks":[]}', "X", 0)
+        p.parse(
+            b'{"stream":"x@bookTicker","data":{"u":1,"s":"X","b":"1","B":"1","a":"1","A":"1"}}', 0
         )
-    return took
+
+    return jit.warm(log or _log, "frame-parser", COLD_COMPILE_S, __file__, _CACHE, _KERNELS,
+                    exercise)  # fmt: skip

@@ -30,11 +30,12 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import time
 from typing import Any
 
 import numpy as np
 from numba import njit, types
+
+from tickbus.kernel import jit
 
 __all__ = ["MERGE_MIN", "BookError", "OrderBook", "check_levels", "warmup"]
 
@@ -73,23 +74,7 @@ def _probe() -> None:
     """Nothing: numba picks a cache location per source file, so it probes this one."""
 
 
-def _can_cache() -> bool:
-    """Whether numba finds a writable cache for this file: beside it (``__pycache__``), in
-    ``NUMBA_CACHE_DIR`` or in the user's cache dir. With none (a read-only install and no
-    writable home) ``njit(cache=True)`` fails at import; the kernels then compile on every
-    start instead, and ``warmup`` says so."""
-    try:
-        from numba.core.caching import FunctionCache
-
-        FunctionCache(_probe)
-    except RuntimeError:  # "no locator available"
-        return False
-    except Exception:  # another numba: let njit(cache=True) decide
-        return True
-    return True
-
-
-_CACHE = _can_cache()
+_CACHE = jit.can_cache(_probe)  # False: compile on every start (warmup says so)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -680,58 +665,26 @@ COLD_COMPILE_S = 15
 """Measured cold compile of these kernels on the 2-core VM (``NUMBA_CACHE_DIR`` empty)."""
 
 
-def _cache_state(kernels: list[Any]) -> tuple[bool | None, str]:
-    """``(cold, cache dir)`` from numba's on-disk index of each kernel: cold when an index
-    is missing, of another numba, or older than the source (numba then recompiles); None
-    if this numba's cache internals are not the ones known here (then timing tells)."""
-    cold = False
-    where = "?"
-    try:
-        for kernel in kernels:
-            cache_file = kernel._cache._cache_file
-            where = str(cache_file._cache_path)
-            cold = cold or not cache_file._load_index()
-    except Exception:  # private numba API: any change means "do not know"
-        return None, where
-    return cold, where
-
-
 def warmup(log: logging.Logger | None = None) -> float:
     """Compile (or load from the on-disk cache) every kernel signature the hot path uses, so
     the first real tick does not pay JIT time. Plugins call it at start-up.
 
     On a cold cache (first run, new numba, changed source) it says so at INFO before the
     ~15 s compile and how long it took after. Returns the seconds spent."""
-    log = log or _log
-    cold, where = _cache_state([k for k, _ in _SIGNATURES])
-    if not _CACHE:
-        log.warning(
-            "compiling order-book kernels (~%d s) on every start: numba finds no writable cache "
-            "dir for %s (set NUMBA_CACHE_DIR to one)",
-            COLD_COMPILE_S,
-            __file__,
-        )
-    elif cold:
-        log.info("compiling order-book kernels (first run only, ~%d s)", COLD_COMPILE_S)
-    t0 = time.perf_counter()
-    _compile()
-    book = OrderBook(16)
-    lv = np.array([[100, 1], [99, 2]], dtype=np.int64)
-    ask = lv + np.array([[2, 0], [3, 0]], dtype=np.int64)
-    ro = np.frombuffer(lv.tobytes(), _I8).reshape(-1, 2)  # read-only views: a separate type
-    book.apply_snapshot(lv, ask)
-    book.apply_snapshot(ro, np.frombuffer(ask.tobytes(), _I8).reshape(-1, 2))
-    book.apply_diff(lv, ask)
-    book.apply_diff(ro, ro)
-    book.apply_levels(lv.tobytes(), ask.tobytes())
-    book.top(5)
-    book.levels("bid")
-    book.clear()
-    took = time.perf_counter() - t0
-    if cold or not _CACHE or took > 2.0:  # a compile the index did not foresee shows in the time
-        log.info(
-            "order-book kernels compiled in %.1f s (numba cache: %s)",
-            took,
-            where if _CACHE else "none",
-        )
-    return took
+    def exercise() -> None:
+        _compile()
+        book = OrderBook(16)
+        lv = np.array([[100, 1], [99, 2]], dtype=np.int64)
+        ask = lv + np.array([[2, 0], [3, 0]], dtype=np.int64)
+        ro = np.frombuffer(lv.tobytes(), _I8).reshape(-1, 2)  # read-only views: a separate type
+        book.apply_snapshot(lv, ask)
+        book.apply_snapshot(ro, np.frombuffer(ask.tobytes(), _I8).reshape(-1, 2))
+        book.apply_diff(lv, ask)
+        book.apply_diff(ro, ro)
+        book.apply_levels(lv.tobytes(), ask.tobytes())
+        book.top(5)
+        book.levels("bid")
+        book.clear()
+
+    kernels = [k for k, _ in _SIGNATURES]
+    return jit.warm(log or _log, "order-book", COLD_COMPILE_S, __file__, _CACHE, kernels, exercise)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tickbus.kernel import jit
 from tickbus.plugins.binance import parse
 from tickbus.plugins.book import orderbook
 
@@ -23,10 +24,11 @@ KERNELS = {
 _CHILD = """
 import logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+from tickbus.kernel import jit
 from tickbus.plugins.binance import parse
 from tickbus.plugins.book import orderbook
 kernels = {{"orderbook": [k for k, _ in orderbook._SIGNATURES], "parse": parse._KERNELS}}
-print("state", *{module}._cache_state(kernels["{module}"]), flush=True)
+print("state", *jit.cache_state(kernels["{module}"]), flush=True)
 {module}.warmup()
 """
 
@@ -62,7 +64,7 @@ def test_a_warm_cache_is_silent(caplog: pytest.LogCaptureFixture, module: str) -
     mod = orderbook if module == "orderbook" else parse
     mod.warmup()  # this process compiled or loaded them: the cache is warm now
     caplog.set_level(logging.INFO)
-    assert mod._cache_state(KERNELS[module]())[0] is False
+    assert jit.cache_state(KERNELS[module]())[0] is False
     mod.warmup(logging.getLogger("tickbus.test"))
     assert "compiling" not in caplog.text and "compiled in" not in caplog.text
 
