@@ -66,6 +66,8 @@ class Kernel:
         self._stop_requested = threading.Event()
         self._started: list[str] = []
         self._stopped = False
+        self._settle = False
+        self._epochs = itertools.count(1)  # drain markers, unique over the run
         self._watch: ConnectionWatch | None = None
 
     # ------------------------------------------------------------------ start
@@ -232,13 +234,15 @@ class Kernel:
 
     # ------------------------------------------------------------------ run
 
-    def request_shutdown(self, reason: str, failed: bool = False) -> None:
+    def request_shutdown(self, reason: str, failed: bool = False, settle: bool = True) -> None:
         """Ask the process to stop (thread-safe; the first reason is kept). ``failed``
-        makes the exit status non-zero."""
+        makes the exit status non-zero. ``settle`` (a plugin's input ended, nothing failed):
+        what is in flight reaches every running plugin before any is stopped."""
         if failed:
             self.report_failure(reason)
         if not self._stop_requested.is_set():
             self.shutdown_reason = reason
+            self._settle = settle and not failed
             self._stop_requested.set()
 
     def report_failure(self, what: str) -> None:
@@ -364,7 +368,7 @@ class Kernel:
             if self._stop_requested.is_set():
                 log.warning("second %s: exiting at once", signal.Signals(signum).name)
                 raise SystemExit(128 + signum)
-            self.request_shutdown(signal.Signals(signum).name)
+            self.request_shutdown(signal.Signals(signum).name, settle=False)
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
@@ -382,6 +386,14 @@ class Kernel:
             first = alive[0]
             msg = Shutdown(self.name, self.shutdown_reason or "stop", self.clock.now_ns())
             ok &= self._call(first, first.publish, "sys.shutdown", msg, deadline=deadline)
+        if self._settle and all(lane.alive for lane in self.lanes.values()):
+            # the input ended (a replay finished): what is in flight between lanes reaches
+            # running plugins first - a strategy in a lane behind on a backlog would
+            # otherwise be stopped before it saw the last features. Not on a signal: a live
+            # feed never lets the bus go quiet, and the stop must be prompt.
+            if not self._drain(deadline):
+                log.warning("the bus did not settle before the plugins were stopped")
+            deadline = time.monotonic() + self.config.kernel.stop_timeout_s
         for name in reversed(self._started):
             ctx = self.contexts[name]
             lane = self.lanes[ctx.lane_name]
@@ -438,7 +450,7 @@ class Kernel:
             return True
         hard = time.monotonic() + self.config.kernel.drain_timeout_s
         previous: tuple[int, ...] | None = None
-        for epoch in itertools.count(1):
+        for epoch in self._epochs:
             # a lane still working off a backlog answers late: that is what we wait for
             rest = max(0.01, hard - time.monotonic())
             try:

@@ -88,7 +88,8 @@ def tickbus_start(ctx: PluginContext) -> None:
 def tickbus_stop(ctx: PluginContext) -> None:
     """Stop producing on your own initiative: close connections, cancel timers.
 
-    Called in reverse start order on SIGTERM/SIGINT or ``ctx.request_shutdown``. The
+    Called in reverse start order on SIGTERM/SIGINT or ``ctx.request_shutdown`` (after
+    the latter, once what was in flight between lanes has been delivered). The
     instance's handlers keep receiving until the bus is drained, so a consumer must keep
     working (e.g. persistence keeps writing). Tasks made with ``ctx.spawn`` are
     cancelled right after this hook returns."""

@@ -85,6 +85,30 @@ def test_must_deliver_messages_survive_a_slow_consumer_and_shutdown(start_kernel
     assert rec["after_shutdown"] == 0
 
 
+def test_when_the_input_ends_a_lane_behind_sees_everything_before_it_is_stopped(
+    start_kernel,
+) -> None:
+    """A replay that finished asks for the stop while a slower lane still works off its
+    backlog: every message reaches that lane's plugin while it runs (a strategy in a lane
+    of its own lost its last decisions when the stop hook overtook the backlog)."""
+    n = 20_000
+    k = start_kernel(
+        {
+            "lanes": {"hot": {}, "slow": {}},
+            "plugins": {
+                "tb_producer": {"lane": "hot", "count": n, "shutdown_when_done": True},
+                "tb_recorder": {"lane": "slow", "prefix": "md.", "slow_us": 100},
+            },
+        }
+    )
+    rec = k.contexts["tb_recorder"].component
+    assert k._stop_requested.wait(30), "the producer never asked for the stop"
+    assert len(rec["ids"]) < n, "no backlog when the stop was asked: the test proves nothing"
+    assert k.stop()
+    assert rec["at_stop"] == n, "messages in flight reached the plugin only after its stop"
+    assert rec["ids"] == list(range(n))
+
+
 def test_default_hwm_would_have_dropped() -> None:
     """Control for the test above: the same burst through a PUB with the default HWM and
     a stalled subscriber loses messages, so 'nothing lost' is a real property."""
@@ -95,8 +119,9 @@ def test_default_hwm_would_have_dropped() -> None:
     sub.connect(f"tcp://127.0.0.1:{port}")
     sub.subscribe(b"")
     time.sleep(0.2)
+    pad = bytes(252)  # a Fill's size: 100,000 of them overflow the kernel's TCP buffers too
     for i in range(100_000):
-        pub.send_multipart([b"exec.fill", i.to_bytes(4, "little")])
+        pub.send_multipart([b"exec.fill", i.to_bytes(4, "little") + pad])
     got = 0
     while sub.poll(300):
         sub.recv_multipart()

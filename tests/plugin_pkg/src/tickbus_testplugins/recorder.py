@@ -51,6 +51,11 @@ def tickbus_setup(ctx: PluginContext) -> dict[str, Any]:
 
 
 @hookimpl
+def tickbus_stop(ctx: PluginContext) -> None:
+    ctx.component["at_stop"] = len(ctx.component["ids"])
+
+
+@hookimpl
 def tickbus_shutdown(ctx: PluginContext) -> None:
     state = ctx.component
     state["shutdown_seen"] = True
