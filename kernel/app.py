@@ -173,6 +173,13 @@ class Kernel:
 
         for name in self.order:
             ctx = self.contexts[name]
+            deps = [self.contexts[d] for d in enabled[name].after if d in self._started]
+            if any(d.lane_name != ctx.lane_name for d in deps) and not self._drain(
+                time.monotonic() + 5.0, max_rounds=1
+            ):
+                # what the dependency published at its start (persistence's restore.*) must
+                # have reached this plugin before it starts (in its lane it already has)
+                raise TickbusError(f"plugin {name!r}: the bus did not settle before its start")
             self._hook(self.lanes[ctx.lane_name], self.manager.start, ctx, "start", timeout=30.0)
             self._started.append(name)
         log.info(
@@ -435,8 +442,9 @@ class Kernel:
             log.exception("lane %s: %s failed", lane.name, what or fn)
         return False
 
-    def _drain(self, deadline: float) -> bool:
-        """Barrier rounds until no lane sent anything between two rounds.
+    def _drain(self, deadline: float, max_rounds: int = 0) -> bool:
+        """Barrier rounds until no lane sent anything between two rounds (or ``max_rounds``
+        of them: one round delivers everything published before it).
 
         A backlog (a slow consumer) is worked off rather than dropped: while lanes keep
         handling messages the deadline moves, up to ``drain_timeout_s``."""
@@ -450,7 +458,7 @@ class Kernel:
             return True
         hard = time.monotonic() + self.config.kernel.drain_timeout_s
         previous: tuple[int, ...] | None = None
-        for epoch in self._epochs:
+        for rounds, epoch in enumerate(self._epochs, 1):
             # a lane still working off a backlog answers late: that is what we wait for
             rest = max(0.01, hard - time.monotonic())
             try:
@@ -471,7 +479,7 @@ class Kernel:
                         # a lane in a long handler (an fsync...) shows no progress for a
                         # while: give it a second before calling the drain stuck
                         deadline = time.monotonic() + 1.0
-            if sent == previous:
+            if sent == previous or rounds == max_rounds:
                 return True
             previous = sent
         return False  # pragma: no cover - the loop only ends by return

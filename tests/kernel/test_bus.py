@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import zmq
 
+from tickbus.kernel import PluginContext, hookimpl
 from tickbus.kernel.app import Kernel
 from tickbus.kernel.router import split_frame
 from tickbus.schemas import SCALE, Codec, Trade
@@ -198,3 +200,50 @@ def test_a_tap_subscriber_switches_encoding_on(start_kernel, rt: Path) -> None:
     assert lane.stats.received == 0, "a tapped lane must not get its own messages back"
     sub.close(0)
     zctx.term()
+
+
+def test_a_plugin_after_one_in_another_lane_starts_once_its_start_messages_arrived(
+    start_kernel,
+) -> None:
+    """``after`` across lanes: what the dependency published in its start hook (the
+    persistence plugin's restore.*) has been handled in the dependent's lane before the
+    dependent starts - a broker must not trade before its restored orders are back."""
+    from tickbus_testplugins.producer import make_msg
+
+    n = 5000
+
+    class source:
+        @staticmethod
+        @hookimpl
+        def tickbus_start(ctx: PluginContext) -> None:
+            for i in range(n):
+                ctx.publish("md.trade.BTCUSDT", make_msg("trade", i, i + 1))
+
+    class sink:
+        @staticmethod
+        @hookimpl
+        def tickbus_setup(ctx: PluginContext) -> dict[str, Any]:
+            state: dict[str, Any] = {"ids": [], "at_start": -1}
+            ctx.subscribe(
+                "md.trade.", lambda m: (time.sleep(1e-5), state["ids"].append(m.trade_id))
+            )
+            return state
+
+        @staticmethod
+        @hookimpl
+        def tickbus_start(ctx: PluginContext) -> None:
+            ctx.component["at_start"] = len(ctx.component["ids"])
+
+    k = start_kernel(
+        {
+            "lanes": {"a": {}, "b": {}},
+            "plugins": {
+                "source": {"lane": "a"},
+                "sink": {"lane": "b", "after": ["source"]},
+            },
+        },
+        {"source": source, "sink": sink},
+    )
+    state = k.contexts["sink"].component
+    assert state["at_start"] == n
+    assert state["ids"] == list(range(n))
