@@ -1,0 +1,512 @@
+"""What persistence and metrics cost the hot lane's tick-to-trade.
+
+    python -m tickbus.tools.bench.bench_overhead [--rounds 5] [--speed 25] [--capture FILE ...]
+        [--scrape-interval 1.0] [--quick] [--json FILE] [--keep]
+
+The live-path measurement of ``tickbus bench``'s hot lane (:mod:`.pipeline`: the exchange
+simulator serves a real capture over a WebSocket at ``--speed`` x real time, the feed stamps
+each frame's monotonic receive time, probes at the broker and in the strategy; same probes,
+same time scaling of the strategy's clock) run on three variants of
+``configs/bench-observed.toml``, each in a fresh process:
+
+* ``bare``: the hot lane alone - every trading plugin in one lane, nothing else (the file
+  without its two observers, which is ``configs/bench.toml``);
+* ``persistence``: + the persistence plugin in a lane of its own, writing a real SQLite file
+  in a temporary state directory (default settings: commit every 100 ms, WAL, NORMAL);
+* ``persistence+metrics``: + persistence + the metrics plugin in a lane of its own with its
+  real HTTP endpoint, scraped from this process (not the engine's) every
+  ``--scrape-interval`` seconds as Prometheus would, and once more when the input is worked
+  off (that scrape's figures are reported: the endpoint's own count of the tick-caused
+  orders it saw, so a broken endpoint cannot pass).
+
+A round runs the three one after the other; the order rotates from round to round (A B C,
+B C A, C A B, ...) so that neither the machine's drift nor a variant's position in the round
+favours one. Each figure is taken per round and the median over the rounds is reported; each
+variant's **ratio to the bare pipeline** is taken within a round (same minute, same load)
+and reported as the median of the rounds' ratios with their range (min-max).
+
+What each figure includes (all monotonic clock, one host, HDR histograms of :mod:`.hdr`):
+
+* **tick-to-trade** (every order accepted by risk that a tick caused; orders a strategy timer
+  sent are apart): the paper broker's ``ord.accepted`` handler entered minus the order's
+  ``ts_recv_ns`` (the feed's ``ws.recv()`` returned the frame). In between, all in the hot
+  lane's thread: parse, book, features, the strategy's decision, its ``sig.`` publish, the
+  order's ``ord.request`` publish, risk, the ``ord.accepted`` publish. With an observer
+  subscribed to a topic, each of those publishes first encodes the message and sends it to
+  the router (a message leaves its lane before its in-lane handlers run) - that, and the
+  observers' threads taking the GIL and the CPU from the hot lane, is what the variants add.
+  Not included: the broker's own handling of the order and what it publishes after it.
+* **tick-to-decision** (every book event the strategy evaluates): the strategy's
+  ``evaluate()`` returned minus the vector's ``ts_recv_ns``; with metrics it includes the
+  ``md.book`` encode and send, which come before the book's in-lane handlers.
+* **sent by the hot lane**: the messages the hot lane encoded and sent to other lanes
+  (lane counter), per order; **rows**: rows the persistence plugin committed (read from the
+  database after the run); **scrapes**: HTTP GETs of the endpoint and their duration.
+
+Targets (reported, never asserted): each variant's tick-to-trade within 10 % of the bare
+pipeline's (issue "Effect of persistence and metrics on hot-lane tick-to-trade").
+
+``--quick`` (CI): the first 40 s of the bundled sample at 40x, one round, a scrape every
+0.25 s: every section of the JSON in a few seconds, figures meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tickbus.plugins.persistence.schema import DEFAULT_NAME
+
+from .hdr import PERCENTILES, Histogram
+from .pipeline import (
+    CONFIGS,
+    QUICK_SECONDS,
+    READY_TIMEOUT_S,
+    Bench,
+    BenchError,
+    Child,
+    UsageError,
+    _capture,
+    _counts,
+    _fmt,
+    _merge,
+    _prepare,
+    _sim,
+    _t2t_hists,
+    _wait_quiet,
+    describe_machine,
+    free_port,
+    time_scaled,
+)
+
+CONFIG = "bench-observed.toml"
+VARIANTS = ("bare", "persistence", "persistence+metrics")
+OBSERVERS = {"bare": (), "persistence": ("persistence",),
+             "persistence+metrics": ("persistence", "metrics")}  # fmt: skip
+TITLES = {"bare": "bare pipeline", "persistence": "+ persistence",
+          "persistence+metrics": "+ persistence + metrics"}  # fmt: skip
+FIGURES = (("tick_to_trade", "tick-to-trade"), ("tick_to_decision", "tick-to-decision"))
+TARGET_RATIO = 1.10
+DB_TABLES = ("orders", "order_updates", "fills", "positions", "signals", "risk_states")
+
+
+# ============================================================================ the variants
+
+
+def load_config() -> dict[str, Any]:
+    with open(CONFIGS / CONFIG, "rb") as fh:
+        return tomllib.load(fh)
+
+
+def variant_config(raw: dict[str, Any], variant: str) -> dict[str, Any]:
+    """``raw`` (a copy) without the observers ``variant`` leaves out, and without the lanes
+    only they used."""
+    raw = json.loads(json.dumps(raw))  # deep copy
+    plugins = raw.setdefault("plugins", {})
+    for name in set(OBSERVERS[VARIANTS[-1]]) - set(OBSERVERS[variant]):
+        plugins.pop(name, None)
+    used = {t.get("lane") for t in plugins.values()}
+    raw["lanes"] = {k: v for k, v in raw.get("lanes", {}).items() if k in used}
+    return raw
+
+
+# ============================================================================ the scraper
+
+
+class Scraper:
+    """Prometheus's part, in this process: GET the endpoint every ``interval_s`` from a
+    thread of its own; each scrape's duration and size kept, failures counted."""
+
+    def __init__(self, url: str, interval_s: float) -> None:
+        self.url = url
+        self.interval_s = interval_s
+        self.ms: list[float] = []
+        self.bytes = 0
+        self.errors: list[str] = []
+        self.last = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="scraper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        due = time.monotonic()
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            self.scrape()
+            due += self.interval_s
+
+    def scrape(self) -> str:
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(self.url, timeout=10) as resp:
+                body = resp.read()
+        except (OSError, urllib.error.URLError) as err:
+            self.errors.append(f"{type(err).__name__}: {err}")
+            return ""
+        self.ms.append((time.perf_counter() - t0) * 1e3)
+        self.bytes += len(body)
+        self.last = body.decode(errors="replace")
+        return self.last
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(15.0)
+
+    def result(self) -> dict[str, Any]:
+        """The scrapes, and what the last one said."""
+        seen: dict[str, float] = {}
+        for fam in text_string_to_metric_families(self.last):
+            for s in fam.samples:
+                if not s.labels and s.name in ("tickbus_tick_to_trade_seconds_count",
+                                               "tickbus_metrics_scrapes_total"):  # fmt: skip
+                    seen[s.name] = s.value
+        ms = sorted(self.ms)
+        return {
+            "scrapes": len(ms), "errors": len(self.errors), "first_error": self.errors[:1],
+            "ms_p50": round(ms[len(ms) // 2], 2) if ms else None,
+            "ms_max": round(ms[-1], 2) if ms else None,
+            "bytes_per_scrape": self.bytes // len(ms) if ms else 0,
+            "endpoint_tick_to_trade_count": int(seen.get("tickbus_tick_to_trade_seconds_count", 0)),
+            "endpoint_scrapes": int(seen.get("tickbus_metrics_scrapes_total", 0)),
+        }  # fmt: skip
+
+
+# ============================================================================ one run
+
+
+def db_rows(path: Path) -> dict[str, int]:
+    """Rows the persistence plugin committed, per table (read-only, after the run)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+                for t in DB_TABLES}  # fmt: skip
+    finally:
+        conn.close()
+
+
+def run_variant(bench: Bench, base: dict[str, Any], variant: str, tag: str,
+                scrape_s: float) -> dict[str, Any]:  # fmt: skip
+    """One live-path run of ``variant``: its figures, what its hot lane sent, its rows and
+    scrapes."""
+    work = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=bench.work))
+    rt = Path(tempfile.mkdtemp(prefix="tb", dir="/tmp"))  # ipc paths must stay short
+    port = free_port()
+    source = {"kind": "sim", "port": port, "timeout_s": READY_TIMEOUT_S}
+    raw = _prepare(time_scaled(variant_config(base, variant), bench.speed), rt, source)
+    url = ""
+    if "metrics" in raw["plugins"]:
+        mport = free_port()
+        raw["plugins"]["metrics"] |= {"address": "127.0.0.1", "port": mport}
+        url = f"http://127.0.0.1:{mport}/metrics"
+    spec = {"role": "engine", "raw": raw, "config_path": str(CONFIGS / CONFIG),
+            "stages": False, "touch": False, "t2t": True, "t2d": True,
+            "source": source}  # fmt: skip
+    child: Child | None = None
+    sim = None
+    scraper = Scraper(url, scrape_s) if url else None
+    load = os.getloadavg()[0]
+    try:
+        child = Child(variant, spec, work)
+        child.wait_ready(READY_TIMEOUT_S)
+        if scraper is not None:
+            scraper.start()
+        sim = _sim(bench.files, port, bench.speed, work)
+        bench._wait_sim(sim, [child], work)
+        _wait_quiet([child], 120.0)
+        if scraper is not None:
+            scraper.stop()
+            scraper.scrape()  # everything the run did is in the registry now
+        r = child.stop()
+        rows = db_rows(rt / "state" / DEFAULT_NAME) if "persistence" in raw["plugins"] else None
+    finally:
+        if scraper is not None:
+            scraper.stop()
+        if child is not None:
+            child.kill()
+        if sim is not None and sim.poll() is None:
+            sim.terminate()
+            sim.wait(10)
+        shutil.rmtree(rt, ignore_errors=True)
+    merged = _merge([r])
+    tick, timer = _t2t_hists(merged)
+    counts = _counts(merged)
+    return {
+        "variant": variant, "load_avg_1m": round(load, 2),
+        "tick_to_trade": tick.to_dict(), "tick_to_decision": merged["t2d"],
+        "timer_orders": timer.count, "counts": counts,
+        "sent": {lane: s["sent"] for lane, s in r["lanes"].items()},
+        "handler_errors": sum(s["handler_errors"] for s in r["lanes"].values()),
+        "db_rows": rows, "scrape": scraper.result() if scraper is not None else None,
+        "peak_rss_mb": round(r["peak_rss_kb"] / 1024, 1),
+    }  # fmt: skip
+
+
+# ============================================================================ figures
+
+
+def _spread(xs: list[float]) -> dict[str, Any]:
+    xs = sorted(xs)
+    n = len(xs)
+    med = xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+    return {"median": round(med, 3), "min": round(xs[0], 3), "max": round(xs[-1], 3),
+            "rounds": [round(x, 3) for x in xs]}  # fmt: skip
+
+
+def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Per variant: each figure's percentiles, median over the rounds (and pooled over them,
+    for the tails); the ratio to the bare pipeline taken round by round, then its median and
+    range. ``rounds``: per round, variant -> :func:`run_variant`'s result."""
+    out: dict[str, Any] = {}
+    for v in VARIANTS:
+        runs = [rd[v] for rd in rounds if v in rd]
+        if not runs:
+            continue
+        res: dict[str, Any] = {"title": TITLES[v], "rounds": len(runs)}
+        for fig, _ in FIGURES:
+            hists = [Histogram.from_dict(r[fig]) for r in runs]
+            per_round = [h.summary() for h in hists]
+            pooled = Histogram()
+            for h in hists:
+                pooled.merge(h)
+            res[fig] = {"n": sum(s["n"] for s in per_round), "pooled": pooled.summary()}
+            for key, _ in PERCENTILES:
+                vals = [s[key] for s in per_round if key in s]
+                if vals:
+                    res[fig][key] = _spread(vals)["median"]
+            res[fig]["per_round"] = per_round
+            if v != "bare":
+                res[fig]["ratio_to_bare"] = _ratios(rounds, v, fig)
+        orders = [max(1, r["counts"]["orders"]) for r in runs]
+        res["sent_per_order"] = _spread(
+            [sum(r["sent"].values()) / n for r, n in zip(runs, orders, strict=True)]
+        )["median"]
+        res["sent_by_lane"] = runs[-1]["sent"]
+        res["counts"] = runs[-1]["counts"]
+        res["timer_orders"] = runs[-1]["timer_orders"]
+        res["db_rows"] = runs[-1]["db_rows"]
+        res["scrape"] = runs[-1]["scrape"]
+        res["handler_errors"] = sum(r["handler_errors"] for r in runs)
+        res["peak_rss_mb"] = _spread([r["peak_rss_mb"] for r in runs])["median"]
+        out[v] = res
+    return out
+
+
+def _ratios(rounds: list[dict[str, dict[str, Any]]], v: str, fig: str) -> dict[str, Any]:
+    """``v``'s percentiles over the bare pipeline's of the same round: median and range."""
+    out: dict[str, Any] = {}
+    for key, _ in PERCENTILES:
+        xs = []
+        for rd in rounds:
+            if v in rd and "bare" in rd:
+                a = Histogram.from_dict(rd[v][fig]).summary().get(key)
+                b = Histogram.from_dict(rd["bare"][fig]).summary().get(key)
+                if a is not None and b:
+                    xs.append(a / b)
+        if xs:
+            out[key] = _spread(xs)
+    return out
+
+
+# ============================================================================ output
+
+
+def print_report(report: dict[str, Any], out: Any = sys.stdout) -> None:
+    m, s, res = report["machine"], report["settings"], report["variants"]
+    vs = [v for v in VARIANTS if v in res]
+    print(f"bench_overhead - {report['started']}{' (quick)' if report['quick'] else ''}",
+          file=out)  # fmt: skip
+    print(
+        f"machine: {m['cpu_model']}, {m['cores']} cores, Python {m['python']}; load average "
+        f"{m['load_avg_start']} at start, {m['load_avg_end']} at the end",
+        file=out,
+    )
+    cap = report["capture"]
+    print(f"capture: {', '.join(cap['files'])}: {cap['frames']:,} frames over "
+          f"{cap['seconds']:.0f} s at {s['speed']:g}x; {s['rounds']} round(s), order rotated "
+          f"({'; '.join(' '.join(r) for r in s['orders'][:3])}...); scrape every "
+          f"{s['scrape_interval_s']:g} s", file=out)  # fmt: skip
+    print(
+        "figures: median over the rounds of each round's percentile; (ratio to the bare "
+        "pipeline of the same round: median over the rounds [min-max])",
+        file=out,
+    )
+    rows: list[tuple[str, list[str]]] = []
+    for fig, label in FIGURES:
+        for key, _ in PERCENTILES:
+            cells = []
+            for v in vs:
+                text = _fmt(res[v][fig].get(key))
+                r = res[v][fig].get("ratio_to_bare", {}).get(key)
+                if r is not None:
+                    text += f" ({r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}])"
+                cells.append(text)
+            rows.append((f"{label} {key.replace('_', '.')} us", cells))
+        rows.append(
+            (
+                f"{label} p99.9 us, rounds pooled",
+                [_fmt(res[v][fig]["pooled"].get("p99_9")) for v in vs],
+            )
+        )
+        rows.append((f"{label} samples (all rounds)", [_fmt(res[v][fig]["n"]) for v in vs]))
+    rows.append(
+        (
+            "orders / accepted / fills (last round)",
+            ["{orders} / {accepted} / {fills}".format(**res[v]["counts"]) for v in vs],
+        )
+    )
+    rows.append(("sent by the hot lane per order", [_fmt(res[v]["sent_per_order"], 2)
+                                                    for v in vs]))  # fmt: skip
+    rows.append(
+        (
+            "rows committed (last round)",
+            [_fmt(sum(res[v]["db_rows"].values())) if res[v]["db_rows"] else "-" for v in vs],
+        )
+    )
+    rows.append(("scrapes / p50 ms / endpoint t2t count", [
+        "{scrapes} / {ms_p50} / {endpoint_tick_to_trade_count}".format(**res[v]["scrape"])
+        if res[v]["scrape"] else "-" for v in vs]))  # fmt: skip
+    rows.append(("peak RSS MB", [_fmt(res[v]["peak_rss_mb"]) for v in vs]))
+    head = ["", *[TITLES[v] for v in vs]]
+    widths = [max(len(head[0]), *(len(r[0]) for r in rows))]
+    for i in range(len(vs)):
+        widths.append(max(len(head[i + 1]), *(len(r[1][i]) for r in rows)))
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)), file=out)
+    for label, cells in rows:
+        print("  ".join([label.ljust(widths[0]), *(c.rjust(w) for c, w in
+                                                   zip(cells, widths[1:], strict=True))]),
+              file=out)  # fmt: skip
+    for v in vs[1:]:
+        r = res[v]["tick_to_trade"].get("ratio_to_bare", {})
+        met = {k: r[k]["median"] <= TARGET_RATIO for k in ("p50", "p99") if k in r}
+        print(
+            f"target (reported, not asserted): {TITLES[v]} tick-to-trade within "
+            f"{(TARGET_RATIO - 1) * 100:.0f} % of bare: "
+            + ", ".join(f"{k} {'met' if ok else 'NOT met'}" for k, ok in met.items()),
+            file=out,
+        )
+
+
+# ============================================================================ CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tickbus.tools.bench.bench_overhead",
+                                description=__doc__.splitlines()[0])  # fmt: skip
+    p.add_argument("--rounds", type=int, default=None, help="rounds of the three (default 5; "
+                   "quick 1)")  # fmt: skip
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="live-path pace, x real time (default 25; quick 40)",
+    )
+    p.add_argument(
+        "--capture",
+        action="append",
+        metavar="FILE",
+        help="capture file(s) (default: as tickbus bench)",
+    )
+    p.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds between scrapes of the metrics endpoint (default 1; quick 0.25)",
+    )
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated subset of {','.join(VARIANTS)} (bare always runs)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"CI: the first {QUICK_SECONDS:g} s of the bundled sample, one round",
+    )
+    p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BenchError as err:
+        print(f"bench_overhead: {err}", file=sys.stderr)
+        return 2 if isinstance(err, UsageError) else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tickbus.plugins.binance.capture import read_frames
+
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in wanted if v not in VARIANTS]
+    if bad:
+        raise UsageError(f"--variants: unknown {', '.join(bad)} (known: {', '.join(VARIANTS)})")
+    variants = ["bare", *[v for v in VARIANTS[1:] if v in wanted]]
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 5)
+    speed = args.speed if args.speed is not None else (40.0 if args.quick else 25.0)
+    scrape_s = args.scrape_interval if args.scrape_interval is not None else (
+        0.25 if args.quick else 1.0)  # fmt: skip
+    if rounds < 1 or not speed > 0 or not scrape_s > 0:
+        raise UsageError("--rounds, --speed and --scrape-interval must be > 0")
+    base = load_config()
+    machine = describe_machine()
+    work = Path(tempfile.mkdtemp(prefix="tickbus-overhead-"))
+    try:
+        files = _capture(args, work)
+        frames = list(read_frames(*files))
+        seconds = (frames[-1][0] - frames[0][0]) / 1e9 if frames else 0.0
+        report: dict[str, Any] = {
+            "tool": "bench_overhead", "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "quick": bool(args.quick), "command": " ".join(sys.argv), "machine": machine,
+            "capture": {"files": [f.name for f in files], "frames": len(frames),
+                        "seconds": round(seconds, 1)},
+            "settings": {"speed": speed, "rounds": rounds, "scrape_interval_s": scrape_s,
+                         "variants": variants, "config": f"configs/{CONFIG}", "orders": []},
+        }  # fmt: skip
+        del frames
+        bench = Bench(files, speed, work, seconds)
+        results: list[dict[str, dict[str, Any]]] = []
+        for i in range(rounds):
+            order = variants[i % len(variants) :] + variants[: i % len(variants)]
+            report["settings"]["orders"].append(order)
+            rd: dict[str, dict[str, Any]] = {}
+            for v in order:
+                print(f"round {i + 1}/{rounds}: {TITLES[v]} ...", file=sys.stderr)
+                rd[v] = run_variant(bench, base, v, f"{i}-{v}", scrape_s)
+            results.append(rd)
+        machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+        report["variants"] = summarize(results)
+        report["load_avg_1m_per_run"] = [{v: r["load_avg_1m"] for v, r in rd.items()}
+                                         for rd in results]  # fmt: skip
+        print_report(report)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
