@@ -8,6 +8,12 @@ breaker), publishes ``risk.state`` on every change and every ``state_interval_s`
 ``ControlCommand`` on ``ctl.<instance>`` (``tickbus ctl``) with a ``ControlReply`` on
 ``ctl.reply``. Every handler runs on the plugin's lane thread: no lock; nothing on the order
 path logs or touches a file.
+
+Restart: it starts from what persistence restores (list ``after = ["persistence"]``): the
+positions and the breaker's PnL (``restore.pos.<S>``), the working orders with their filled
+and leaves quantity and their ids as used (``restore.order`` + ``restore.report``), then
+``restore.done``. Each message is range-checked and applied whole or refused (one error line,
+counted in the status); any that comes after this run's first checked order is refused.
 """
 
 from __future__ import annotations
@@ -36,12 +42,14 @@ from tickbus.schemas import (
 )
 
 from . import filters as _filters
+from . import restore as _restore
 from .breaker import CircuitBreaker, money
 from .gateway import GatewayClient
 from .rules import BAD_INPUT, NOT_COUNTED, Limits, RiskEngine
 
 COMMANDS = ("kill-switch", "status", "state")
 MAX_OPEN_ORDERS_SHOWN = 1000
+MAX_RESTORE_LOG_LINES = 100
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -146,6 +154,10 @@ class Risk:
         self._replies: OrderedDict[str, ControlReply] = OrderedDict()
         self._flat_seq = 0
         self._run = f"{time.time_ns() // 1_000_000 % 10**8:x}"
+        self.restored = {"from_run": 0, "positions": 0, "orders": 0, "refused": 0, "done": 0}
+        """What the restart restored (see ``on_restore_done``); ``refused``: messages."""
+        self._held: OrderAccepted | None = None
+        """A restored order waiting for its ``restore.report`` (the very next message)."""
         self._publish = ctx.publish
         self._now = ctx.clock.now_ns
 
@@ -218,7 +230,7 @@ class Risk:
         if pos.symbol not in self.engine.syms:
             return  # the broker's "total" (a sum of the others), or nothing risk let through
         self.positions[pos.symbol] = pos
-        trip = self.breaker.on_position(pos)
+        trip = self.breaker.on_position(pos, self.engine.syms[pos.symbol].pos)
         if trip and self.engine.state != "halted":
             self.set_state("halted", f"circuit breaker: {trip}")
 
@@ -245,6 +257,110 @@ class Risk:
             self._logged.add(kind)
             self.log.warning("skipped a %s on %s (logged once); sample %r",
                              type(msg).__name__, where, msg)  # fmt: skip
+
+    # ------------------------------------------------------------------ restart
+
+    def on_restore_pos(self, pos: Any) -> None:
+        """``restore.pos.<S>``: the position (and the breaker's PnL) the previous run left."""
+        if self._restore_closed("restore.pos", pos):
+            return
+        why = _restore.position_error(pos, self.engine.syms)
+        if not why and (pos.symbol in self.positions or self.engine.syms[pos.symbol].pos):
+            why = f"risk already has a position in {pos.symbol} (restored, or this run's)"
+        if why:
+            self._refuse("restore.pos", why, pos)
+            return
+        self.engine.restore_position(pos.symbol, pos.qty)
+        self.positions[pos.symbol] = pos
+        self.breaker.restore(pos)
+        self.restored["positions"] += 1
+
+    def on_restore_order(self, msg: Any) -> None:
+        """``restore.order``: held until its ``restore.report`` (filled and leaves)."""
+        if self._restore_closed("restore.order", msg):
+            return
+        self._drop_held()
+        why = _restore.order_error(msg, self.engine.syms)
+        if why:
+            self._refuse("restore.order", why, msg)
+        else:
+            self._held = msg
+
+    def on_restore_report(self, u: Any) -> None:
+        """``restore.report``: the held order is working with these quantities."""
+        if self._restore_closed("restore.report", u):
+            return
+        held, self._held = self._held, None
+        if held is None:
+            self._refuse("restore.report", "no valid restore.order came just before it", u)
+            return
+        o = held.order
+        why = _restore.report_error(u, o)
+        if not why and not self.engine.restore_order(o, u.filled_qty, u.leaves_qty):
+            why = f"order id {o.strategy_id}/{o.client_order_id} is known already"
+        if why:
+            self._refuse("restore.order", why, held)
+        else:
+            self.restored["orders"] += 1
+
+    def on_restore_done(self, msg: Any) -> None:
+        """``restore.done`` (persistence's ``Restored``, read by field name): the restore is
+        complete. What was restored is checked against what persistence says it sent, the
+        breaker against the restored PnL (a loss beyond ``max_loss`` halts now); any later
+        ``restore.*`` is refused."""
+        if self._restore_closed("restore.done", msg):
+            return
+        why = _restore.done_error(msg)
+        if why:
+            self._refuse("restore.done", why, msg)
+            return
+        self._drop_held()
+        r = self.restored
+        r["done"] = 1
+        r["from_run"] = msg.from_run
+        if msg.from_run:
+            self.log.info("restored from run %d: %d position(s), %d working order(s)",
+                          msg.from_run, r["positions"], r["orders"])  # fmt: skip
+        if (r["positions"], r["orders"]) != (msg.positions, msg.orders) or r["refused"]:
+            self.log.error(
+                "restore incomplete: %d of %d position(s) and %d of %d working order(s)"
+                " applied, %d restored message(s) refused (logged above): risk's positions"
+                " and working orders may be short of the account's", r["positions"],
+                msg.positions, r["orders"], msg.orders, r["refused"],
+            )  # fmt: skip
+        trip = self.breaker.check()
+        if trip and self.engine.state != "halted":
+            self.set_state("halted", f"circuit breaker: {trip} (restored from run {msg.from_run})")
+        self.publish_state()
+
+    def _restore_closed(self, where: str, msg: Any) -> bool:
+        """Refuse a restore message that comes too late (True): after ``restore.done``, or
+        once orders of this run were checked (a restored position or order would then
+        overwrite or double what this run did)."""
+        e = self.engine
+        if self.restored["done"]:
+            why = "the restore is done already"
+        elif e.accepted or e.rejected or (self.gateway is not None and self.gateway.pending):
+            why = (f"risk already checks this run's orders (list after = [\"persistence\"]"
+                   f" in [plugins.{self.ctx.name}])")  # fmt: skip
+        else:
+            return False
+        self._refuse(where, why, msg)
+        return True
+
+    def _drop_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self._refuse("restore.order", "no restore.report came just after it", held)
+
+    def _refuse(self, where: str, why: str, msg: Any) -> None:
+        """One error line per refused restore message (the first ``MAX_RESTORE_LOG_LINES``),
+        counted; nothing of it is applied."""
+        n = self.restored["refused"] = self.restored["refused"] + 1
+        if n <= MAX_RESTORE_LOG_LINES:
+            self.log.error("refused a %s message: %s; nothing of it applied%s: %.300r", where, why,
+                           "" if n < MAX_RESTORE_LOG_LINES else " (further ones counted only)",
+                           msg)  # fmt: skip
 
     # ------------------------------------------------------------------ operator commands
 
@@ -399,6 +515,7 @@ class Risk:
             "gross_exposure": e.gross,
             "accepted": e.accepted,
             "rejected": dict(e.rejected),
+            "restored": dict(self.restored),
             "limits": {
                 "max_position_size": self.limits.max_position,
                 "max_order_size": self.limits.max_order,
@@ -426,6 +543,10 @@ class Risk:
             f" {rej} rejected{f' ({top})' if top else ''}; {len(e.working)} working;"
             f" gross {money(e.gross)}; pnl {money(self.breaker.total)}"
         )
+        r = self.restored
+        if r["from_run"] or r["refused"]:
+            line += (f"; restored {r['positions']} position(s), {r['orders']} order(s)"
+                     f" ({r['refused']} refused)")  # fmt: skip
         g = self.gateway
         if g is not None:
             line += f"; gateway {g.stats.sent} asked, {g.stats.timeouts} timeouts"
@@ -440,6 +561,10 @@ def tickbus_setup(ctx: PluginContext) -> Risk:
     ctx.subscribe("exec.fill", risk.engine.on_fill)
     ctx.subscribe("exec.report", risk.engine.on_update)
     ctx.subscribe("pos.", risk.on_position)
+    ctx.subscribe("restore.pos.", risk.on_restore_pos)
+    ctx.subscribe("restore.order", risk.on_restore_order)
+    ctx.subscribe("restore.report", risk.on_restore_report)
+    ctx.subscribe("restore.done", risk.on_restore_done)
     ctx.subscribe(f"ctl.{ctx.name}", risk.on_control)
     return risk
 

@@ -268,6 +268,35 @@ class RiskEngine:
     def count_reject(self, rule: str) -> None:
         self.rejected[rule] = self.rejected.get(rule, 0) + 1
 
+    # ------------------------------------------------------------------ restart
+
+    def restore_position(self, symbol: str, qty: int) -> None:
+        """The position the previous run left (persistence: every committed fill)."""
+        s = self.syms[symbol]
+        s.pos = qty
+        self._reprice(s)
+
+    def restore_order(self, o: OrderRequest, filled: int, leaves: int) -> bool:
+        """A working order of the previous run, counted as accepted with ``leaves`` still
+        open (its ``filled`` part is in the restored position: counted already) and its id
+        used; False if that id is already known (nothing changed)."""
+        key = (o.strategy_id, o.client_order_id)
+        if key in self._seen or key in self.working:
+            return False
+        self._seen.add(key)
+        window = self._seen_order
+        if len(window) >= self._dedup_max:
+            self._seen.discard(window.popleft())
+        window.append(key)
+        s = self.syms[o.symbol]
+        self.working[key] = Working(o, leaves, False, filled, filled)
+        if o.side == "buy":
+            s.open_buy += leaves
+        else:
+            s.open_sell += leaves
+        self._reprice(s)
+        return True
+
     # ------------------------------------------------------------------ state updates
 
     def on_book(self, book: BookTop) -> None:
