@@ -37,6 +37,7 @@ from tickbus.schemas import (
     OrderCancel,
     OrderRequest,
     OrderUpdate,
+    Position,
     Trade,
 )
 
@@ -53,6 +54,7 @@ from .matching import (
 )
 from .orders import Order
 from .positions import PositionBook, div_round, rate_of, total
+from .restore import is_symbol, order_problem, position_problem
 
 _EPOCH_NS = 10**18
 """A receive time above this is wall-clock (epoch) time - 2001 in ns; a monotonic clock would
@@ -117,7 +119,7 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         for name, ok in checks:
             if not ok:
                 raise TickbusError(f"{key}.{name}: out of range ({getattr(self, name)!r})")
-        bad = [s for s in self.symbols if not (s.isalnum() and s.isupper() and len(s) <= 20)]
+        bad = [s for s in self.symbols if not is_symbol(s)]
         if bad:
             raise TickbusError(f"{key}.symbols: not upper-case symbols: {bad}")
 
@@ -200,9 +202,14 @@ class PaperBroker:
         self._emit: Callable[[str, Msg], None] = self._emit_later if self._resp_ns else publish
         """Everything the venue says goes out through this (publish, or after the latency)."""
         self._stopping = False
+        self.trading = False
+        """The start hook ran: restore messages are refused from now on (:mod:`.restore`)."""
+        self._held: Any = None
+        """A ``restore.order`` waiting for its ``restore.report``."""
         self.stats: dict[str, int] = dict.fromkeys(
             ("orders", "accepted", "rejected", "fills", "canceled", "expired",
-             "cancel_rejected", "bad"), 0,
+             "cancel_rejected", "bad", "restored_positions", "restored_orders",
+             "restore_refused"), 0,
         )  # fmt: skip
         self.reject_kinds: dict[str, int] = {}
         self._bad_kinds: set[str] = set()
@@ -217,7 +224,7 @@ class PaperBroker:
         """``md.book.<S>``: queue positions, crossed resting orders, marks."""
         m = self.markets.get(book.symbol)
         if m is None:
-            m = self._market(book)
+            m = self._market(book.symbol)
             if m is None:
                 return
         if not book.valid:
@@ -300,6 +307,110 @@ class PaperBroker:
             self._call_at(self._now() + self._entry_ns, self._arrive)
         else:
             self._cancel(msg)
+
+    # ------------------------------------------------------------------ restart
+
+    def on_restore_pos(self, p: Position) -> None:
+        """``restore.pos.<S>``: a symbol's account at the end of the earlier run."""
+        problem = self._late() or position_problem(p) or self._symbol_problem(p.symbol)
+        m = None if problem else self.markets.get(p.symbol)
+        if m is not None and m.pos is not None:
+            problem = f"{p.symbol} already has a position (restored twice?)"
+        if problem:
+            self._refuse("a position", problem, p)
+            return
+        m = m or self._market(p.symbol)
+        assert m is not None
+        m.pos = PositionBook.restored(p)
+        self.stats["restored_positions"] += 1
+
+    def on_restore_order(self, msg: OrderAccepted) -> None:
+        """``restore.order``: a working order of the earlier run; its state follows at once
+        on ``restore.report``."""
+        self._unpaired()
+        self._held = msg
+
+    def on_restore_report(self, up: OrderUpdate) -> None:
+        """``restore.report``: the state of the order just restored - it rests again."""
+        held, self._held = self._held, None
+        if held is None:
+            self._refuse("an order", "restore.report without its restore.order", up)
+            return
+        problem = self._late() or order_problem(held, up) or self._order_problem(held.order)
+        if problem:
+            self._refuse("an order", problem, held, up)
+            return
+        r: OrderRequest = held.order
+        order = Order(r)
+        order.to("accepted")
+        if up.filled_qty:
+            order.to("partially_filled")
+        order.filled, order.leaves = up.filled_qty, up.leaves_qty
+        order.notional = up.avg_px * up.filled_qty  # the exact one is not restored
+        self._ids.add(order.key)
+        self.working[order.key] = order
+        m = self.markets.get(r.symbol) or self._market(r.symbol)
+        assert m is not None
+        self._rest(m, order)
+        self.stats["restored_orders"] += 1
+
+    def on_restore_done(self, msg: Any) -> None:
+        """``restore.done`` (persistence's ``Restored``, read by field name): one line of
+        what came back - an error if anything was refused, a warning if it came after the
+        start even with nothing to restore (the broker does not wait for persistence)."""
+        self._unpaired()
+        counts = [getattr(msg, f, None) for f in ("from_run", "positions", "orders")]
+        if not all(type(c) is int for c in counts):
+            self._bad("restore.done without its counts", msg)
+            return
+        run, n_pos, n_ord = counts
+        s = self.stats
+        got_pos, got_ord, refused = (
+            s["restored_positions"], s["restored_orders"], s["restore_refused"])  # fmt: skip
+        lost = got_pos != n_pos or got_ord != n_ord or refused
+        self.log.log(
+            logging.ERROR if lost else logging.WARNING if self.trading else logging.INFO,
+            "restored from %s: %d of %d position(s), %d of %d working order(s); %d restore "
+            "message(s) refused%s", f"run {run}" if run else "no earlier run", got_pos, n_pos,
+            got_ord, n_ord, refused,
+            " (restore.done came after the start)" if self.trading else "",
+        )  # fmt: skip
+
+    def start(self) -> None:
+        """The broker starts trading: from now on restore messages are refused."""
+        self._unpaired()
+        self.trading = True
+
+    def _unpaired(self) -> None:
+        """Refuse the ``restore.order`` held, if any: its ``restore.report`` never came."""
+        if self._held is not None:
+            self._refuse("an order", "restore.order without its restore.report", self._held)
+            self._held = None
+
+    def _late(self) -> str:
+        if not self.trading:
+            return ""
+        return ("it arrived after the broker started trading (it would race the fills made "
+                'since): list after = ["persistence"] in the broker\'s table')  # fmt: skip
+
+    def _order_problem(self, r: OrderRequest) -> str:
+        key = (r.strategy_id, r.client_order_id)
+        if key in self._ids:
+            return f"client_order_id {r.client_order_id} of {r.strategy_id} is already used"
+        return self._symbol_problem(r.symbol)
+
+    def _symbol_problem(self, symbol: str) -> str:
+        if self._wanted and symbol not in self._wanted:
+            return f"symbol {symbol!r} is not among this broker's symbols"
+        if not is_symbol(symbol):
+            return f"{symbol!r} is not a symbol"
+        return ""
+
+    def _refuse(self, what: str, why: str, *msgs: Any) -> None:
+        """A restore message not taken back: one error line with all it said, counted."""
+        self.stats["restore_refused"] += 1
+        self.log.error("restore: refused %s: %s; it said %.2000r", what, why,
+                       msgs[0] if len(msgs) == 1 else msgs)  # fmt: skip
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -426,12 +537,16 @@ class PaperBroker:
 
     def _rest(self, m: Market, order: Order) -> None:
         """Put a (remainder of a) limit order in its price level's queue: behind what the
-        book shows at its price, less what we took from it."""
+        book shows at its price, less what we took from it. Before any book (a restored
+        order) it is behind an unknown quantity, which the first book that shows the level
+        bounds: the back of the level then."""
         buy = order.buy
-        view = m.views[0 if buy else 1] or m.levels(buy)
-        shown = view[2].get(order.px)
-        if shown is None:
-            shown = displayed_at(view, order.px, buy)
+        if m.book is None:
+            shown = UNKNOWN
+        else:
+            view = m.views[0 if buy else 1] or m.levels(buy)
+            got = view[2].get(order.px)
+            shown = displayed_at(view, order.px, buy) if got is None else got
         side = m.buys if buy else m.sells
         ahead = shown
         if side.nt and shown < UNKNOWN:
@@ -606,8 +721,7 @@ class PaperBroker:
 
     # ------------------------------------------------------------------ state
 
-    def _market(self, book: BookTop) -> Market | None:
-        sym = book.symbol
+    def _market(self, sym: str) -> Market | None:
         if self._wanted and sym not in self._wanted:
             return None
         m = self.markets[sym] = Market(sym)

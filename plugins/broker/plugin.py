@@ -2,12 +2,14 @@
 filled them, and the account's positions are kept exactly.
 
 In: ``ord.accepted`` (``OrderAccepted``), ``ord.cancel`` (``OrderCancel``), ``md.book.<S>``
-(``BookTop``), ``md.trade.<S>`` (``Trade``). Out: ``exec.report`` (``OrderUpdate``, every
-transition: accepted, partially_filled, filled, canceled, expired, rejected),
-``exec.fill`` (``Fill``), ``pos.<S>`` (``Position``: after every fill, and marked to the mid
-at most every ``mark_interval_ms`` while open). See :mod:`.engine` (latency, config),
-:mod:`.matching` (fill models), :mod:`.orders` (state machine), :mod:`.positions` (exact
-accounting).
+(``BookTop``), ``md.trade.<S>`` (``Trade``); at a restart, before its start, what the
+persistence plugin restored (``restore.pos.<S>``, ``restore.order``, ``restore.report``,
+``restore.done``; list ``after = ["persistence"]``, see :mod:`.restore`). Out:
+``exec.report`` (``OrderUpdate``, every transition: accepted, partially_filled, filled,
+canceled, expired, rejected), ``exec.fill`` (``Fill``), ``pos.<S>`` (``Position``: after
+every fill, and marked to the mid at most every ``mark_interval_ms`` while open). See
+:mod:`.engine` (latency, config), :mod:`.matching` (fill models), :mod:`.orders` (state
+machine), :mod:`.positions` (exact accounting), :mod:`.restore` (restart).
 
 Put it in the lane of the book and the strategies (a publish in a lane is a function call):
 the broker then sees every book and trade exactly when the strategies do.
@@ -46,7 +48,16 @@ def tickbus_setup(ctx: PluginContext) -> PaperBroker:
         ctx.subscribe(f"md.trade.{sym}", broker.on_trade)
     ctx.subscribe("ord.accepted", broker.on_accepted)
     ctx.subscribe("ord.cancel", broker.on_cancel)
+    ctx.subscribe("restore.pos.", broker.on_restore_pos)
+    ctx.subscribe("restore.order", broker.on_restore_order)
+    ctx.subscribe("restore.report", broker.on_restore_report)
+    ctx.subscribe("restore.done", broker.on_restore_done)
     return broker
+
+
+@hookimpl
+def tickbus_start(ctx: PluginContext) -> None:
+    ctx.component.start()
 
 
 @hookimpl

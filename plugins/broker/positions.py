@@ -89,6 +89,17 @@ class PositionBook:
         if qty > close:  # flipped through zero: the rest opens the other side at px
             self.cost = self.qty * px
 
+    @classmethod
+    def restored(cls, p: Position) -> PositionBook:
+        """The book of a position restored from an earlier run (checked by the caller): the
+        next fills continue its exact accounting. ``cash`` is ``realized - cost``, as both
+        start at 0 and their difference moves by exactly each fill's cash flow."""
+        book = cls(p.symbol)
+        book.qty, book.cost, book.realized, book.fees, book.fills = (
+            p.qty, p.cost, p.realized_pnl, p.fees, p.fills)  # fmt: skip
+        book.cash = p.realized_pnl - p.cost
+        return book
+
     def unrealized(self, mark_px: int) -> int:
         """The open quantity marked at ``mark_px`` minus its cost basis."""
         return self.qty * mark_px - self.cost  # flat: cost is exactly 0
