@@ -86,11 +86,22 @@ class Clock(Protocol):
 
 
 class LiveClock:
-    """The system clocks: ``time.time_ns`` and ``time.monotonic_ns``; timers on the loop."""
+    """The system clocks; timers on the loop.
 
-    __slots__ = ()
+    ``now_ns`` is ``time.time_ns``. ``mono_ns`` (receive stamps, ``ts_recv_ns``) is
+    ``time.monotonic_ns`` shifted onto the epoch once, at construction: it never jumps, and
+    ``now_ns() - ts_recv_ns`` is a true latency (an order's wall-clock stamp minus its tick's
+    receipt), off only by a step of the wall clock during the run (NTP slews both alike)."""
+
+    __slots__ = ("_offset",)
     now_ns = staticmethod(time.time_ns)
-    mono_ns = staticmethod(time.monotonic_ns)
+
+    def __init__(self) -> None:
+        self._offset = time.time_ns() - time.monotonic_ns()
+
+    def mono_ns(self) -> int:
+        """Monotonic nanoseconds on the epoch's scale."""
+        return time.monotonic_ns() + self._offset
 
     def schedule_in(
         self, delay_ns: int, fn: Callable[..., Any], args: tuple[Any, ...],

@@ -141,3 +141,16 @@ def test_timers_set_before_the_data_count_from_its_first_timestamp() -> None:
 
     in_loop(run)
     assert fired == [t0 + 1_000_000_000, t0 + 2_000_000_000, t0 + 3_000_000_000]
+
+
+def test_live_receive_stamps_and_wall_time_are_one_time_base() -> None:
+    """A live order's wall-clock stamp minus its tick's receive stamp is a latency: the
+    monotonic receive clock is shifted onto the epoch (report and metrics subtract them;
+    on raw CLOCK_MONOTONIC the difference was ~56 years)."""
+    clock = LiveClock()
+    stamps = [clock.mono_ns() for _ in range(1000)]
+    assert stamps == sorted(stamps)
+    recv = clock.mono_ns()
+    time.sleep(0.01)
+    latency = clock.now_ns() - recv
+    assert 9_000_000 <= latency < 1_000_000_000
