@@ -101,6 +101,10 @@ TITLES = {"bare": "bare pipeline", "persistence": "+ persistence",
           "persistence+metrics": "+ persistence + metrics"}  # fmt: skip
 FIGURES = (("tick_to_trade", "tick-to-trade"), ("tick_to_decision", "tick-to-decision"))
 TARGET_RATIO = 1.10
+ENDPOINT_SAMPLES = ("tickbus_orders_total", "tickbus_tick_to_trade_seconds_count",
+                    "tickbus_latency_skipped_total", "tickbus_metrics_scrapes_total")  # fmt: skip
+"""What the final scrape is read for: the endpoint saw the run (orders), its own latency
+figures (observed, or skipped as pairs of different clocks), the scrapes it served."""
 DB_TABLES = ("orders", "order_updates", "fills", "positions", "signals", "risk_states")
 
 
@@ -169,21 +173,19 @@ class Scraper:
             self._thread.join(15.0)
 
     def result(self) -> dict[str, Any]:
-        """The scrapes, and what the last one said."""
-        seen: dict[str, float] = {}
+        """The scrapes, and what the last one said (ENDPOINT_SAMPLES, summed over labels)."""
+        seen = dict.fromkeys(ENDPOINT_SAMPLES, 0.0)
         for fam in text_string_to_metric_families(self.last):
             for s in fam.samples:
-                if not s.labels and s.name in ("tickbus_tick_to_trade_seconds_count",
-                                               "tickbus_metrics_scrapes_total"):  # fmt: skip
-                    seen[s.name] = s.value
+                if s.name in seen:
+                    seen[s.name] += s.value
         ms = sorted(self.ms)
         return {
             "scrapes": len(ms), "errors": len(self.errors), "first_error": self.errors[:1],
             "ms_p50": round(ms[len(ms) // 2], 2) if ms else None,
             "ms_max": round(ms[-1], 2) if ms else None,
             "bytes_per_scrape": self.bytes // len(ms) if ms else 0,
-            "endpoint_tick_to_trade_count": int(seen.get("tickbus_tick_to_trade_seconds_count", 0)),
-            "endpoint_scrapes": int(seen.get("tickbus_metrics_scrapes_total", 0)),
+            "endpoint": {k.removeprefix("tickbus_"): int(v) for k, v in seen.items()},
         }  # fmt: skip
 
 
@@ -378,9 +380,9 @@ def print_report(report: dict[str, Any], out: Any = sys.stdout) -> None:
             [_fmt(sum(res[v]["db_rows"].values())) if res[v]["db_rows"] else "-" for v in vs],
         )
     )
-    rows.append(("scrapes / p50 ms / endpoint t2t count", [
-        "{scrapes} / {ms_p50} / {endpoint_tick_to_trade_count}".format(**res[v]["scrape"])
-        if res[v]["scrape"] else "-" for v in vs]))  # fmt: skip
+    rows.append(("scrapes / p50 ms / orders on the endpoint", [
+        f"{sc['scrapes']} / {sc['ms_p50']} / {sc['endpoint']['orders_total']}" if sc else "-"
+        for sc in (res[v]["scrape"] for v in vs)]))  # fmt: skip
     rows.append(("peak RSS MB", [_fmt(res[v]["peak_rss_mb"]) for v in vs]))
     head = ["", *[TITLES[v] for v in vs]]
     widths = [max(len(head[0]), *(len(r[0]) for r in rows))]
