@@ -331,7 +331,8 @@ class Risk:
         trip = self.breaker.check()
         if trip and self.engine.state != "halted":
             self.set_state("halted", f"circuit breaker: {trip} (restored from run {msg.from_run})")
-        self.publish_state()
+        else:
+            self.publish_state()  # the restored working orders in risk.state
 
     def _restore_closed(self, where: str, msg: Any) -> bool:
         """Refuse a restore message that comes too late (True): after ``restore.done``, or

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from msgspec.structs import replace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "persistence"))
 from persistence_support import NO_ENDPOINTS, Feeder  # noqa: E402
-from test_risk_plugin import T0, Bus, collector  # noqa: E402
+from test_risk_plugin import T0, Bus, collector, wait_for  # noqa: E402
 
 from tickbus.kernel import from_fixed  # noqa: E402
 from tickbus.kernel.app import Kernel  # noqa: E402
@@ -25,6 +26,7 @@ from tickbus.plugins.persistence.messages import Restored  # noqa: E402
 from tickbus.schemas import (  # noqa: E402
     NOTIONAL_SCALE,
     SCALE,
+    BookTop,
     Fill,
     OrderAccepted,
     OrderRejected,
@@ -376,3 +378,63 @@ def test_risk_restores_what_the_real_persistence_plugin_restores(
     assert [from_fixed(x) for x in (7 * q, 3 * q, q)] in [r[1:4] for r in rows if r[:1] == [
         "BTCUSDT"]]  # fmt: skip
     assert ["w1"] in [r[:1] for r in rows]
+
+
+def test_with_the_real_broker_restored_too_the_account_is_counted_once(
+    start_kernel: Callable[..., Kernel], tmp_path: Path
+) -> None:
+    """Persistence, the paper broker and risk restart from one SQLite file: the broker's
+    positions carry the restored account on (it restored it), so risk's PnL is the broker's
+    - not the restored account twice - at its marks and after this run's fills."""
+    db = tmp_path / "state.db"
+    f1, f2 = request("f1", "buy", SCALE // 10), request("f2", "sell", SCALE // 20, 59_000 * SCALE)
+    w1 = request("w1", "buy", SCALE // 10, 57_000 * SCALE)
+    run1: Msgs = [("ord.request", w1), ("ord.accepted", OrderAccepted(w1, T0)),
+                  ("exec.report", report(w1, 0))]  # fmt: skip
+    for i, (o, fee) in enumerate(((f1, 5 * USDT), (f2, 3 * USDT))):
+        run1 += [("exec.fill", Fill(o.client_order_id, "s1", "BTCUSDT", o.side, i + 1, o.px,
+                                    o.qty, fee, "taker", T0, T0, T0))]  # fmt: skip
+    k = start_kernel({"bus": NO_ENDPOINTS,
+                      "plugins": {"persistence": {"path": str(db)}, "feeder": {}}},
+                     {"feeder": Feeder(run1)})  # fmt: skip
+    k.stop()
+
+    k = start_kernel({
+        "bus": NO_ENDPOINTS,
+        "plugins": {
+            "persistence": {"path": str(db)},
+            "paper_broker": {"after": ["persistence"], "mark_interval_ms": 0.0},
+            "risk": {"state_interval_s": 0.0, "after": ["persistence"], "max_loss": 200.0,
+                     "price_band_bps": 0.0},
+            "col": {},
+        },
+    }, {"col": collector})  # fmt: skip
+    b = Bus(k)
+    body = status(b)
+    # 0.05 sold 1,000 lower (-50), 0.05 open 1,000 below cost at the last fill (-50), fees 8
+    assert body["pnl"]["total"] == -108 * USDT
+    assert body["positions"]["BTCUSDT"]["working_buy"] == SCALE // 10  # w1
+    mid = 58_000 * SCALE + 10**6
+    bid, ask = 58_000 * SCALE, 58_000 * SCALE + 2 * 10**6
+    levels = [np.array([px, SCALE, 0, 0], "<i8").tobytes() for px in (bid, ask)]
+    b.pub("md.book.BTCUSDT", BookTop("BTCUSDT", 1, True, bid, SCALE, ask, SCALE, *levels, T0,
+                                     T0))  # the broker marks at the mid  # fmt: skip
+
+    def broker(fills: int) -> Position:
+        wait_for(lambda: b.risk.positions["BTCUSDT"].fills == fills)
+        return b.risk.positions["BTCUSDT"]
+
+    pos = broker(2)
+    assert pos.mark_px == mid and pos.qty == SCALE // 20  # the restored account, marked
+    pnl = pos.realized_pnl + pos.unrealized_pnl - pos.fees
+    assert pnl == -50 * USDT - (SCALE // 20) * (2_000 * SCALE - 10**6) - 8 * USDT  # -158
+    assert status(b)["pnl"]["total"] == pnl  # counted twice it would be -266: halted
+    # this run sells the restored 0.05: flat, realized through the restored cost basis
+    sell = b.order("sell", SCALE // 20, order_type="market", tif="IOC", px=0)
+    assert isinstance(b.decision(sell), OrderAccepted)
+    pos = broker(3)
+    body = status(b)
+    assert pos.qty == body["positions"]["BTCUSDT"]["qty"] == 0
+    assert body["pnl"]["total"] == pos.realized_pnl - pos.fees
+    assert -200 * USDT < body["pnl"]["total"] < -150 * USDT
+    assert body["state"] == "active" and body["open_orders_total"] == 1  # w1 rests
