@@ -335,9 +335,9 @@ class Lane:
             # lanes must receive the cause before its effects
             try:
                 frame = route.header + self._encode(msg)
-            except Exception as err:  # e.g. an int beyond 64 bits: never the publisher's problem
-                self._encode_failed(topic, msg, err)
-            else:
+            except Exception as err:  # never the publisher's problem
+                frame = self._encode_wide(route.header, topic, msg, err)
+            if frame:
                 if route.to_bus:
                     self._send(frame, 0, True)
                     self.stats.sent += 1
@@ -409,6 +409,17 @@ class Lane:
         if key not in self._failed_handlers:
             self._failed_handlers.add(key)
             log.exception("lane %s: handler %s failed on %s (logged once)", self.name, key, topic)
+
+    def _encode_wide(self, header: bytes, topic: str, msg: Msg, err: Exception) -> bytes:
+        """A money value beyond 64 bits goes as its decimal string; anything else that
+        cannot be encoded is counted and logged (b"": not sent)."""
+        if isinstance(err, OverflowError):
+            try:
+                return header + self.codec.encode_wide(msg)
+            except Exception as again:
+                err = again
+        self._encode_failed(topic, msg, err)
+        return b""
 
     def _encode_failed(self, topic: str, msg: Msg, err: Exception) -> None:
         self.stats.encode_errors += 1

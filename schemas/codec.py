@@ -33,6 +33,26 @@ class Codec:
         self.decode = dec.decode
         self._untyped = msgspec.msgpack.Decoder()
 
+    def encode_wide(self, msg: Msg) -> bytes:
+        """``msg`` with its ints beyond 64 bits as decimal strings: the wire form of big
+        :data:`~tickbus.schemas.messages.Money` values (the plain ``encode`` raises
+        ``OverflowError`` on them). Decoded here once: a big int in any other field is an
+        ``OverflowError`` still, never a frame the receiver would refuse."""
+        data = self.encode(_widen(msgspec.to_builtins(msg)))
+        try:
+            self.decode(data)
+        except msgspec.ValidationError as err:
+            raise OverflowError(f"an int beyond 64 bits outside a money field ({err})") from None
+        return data
+
     def decode_untyped(self, data: bytes | memoryview) -> Any:
         """Decode without a schema (a message of a type this process does not know)."""
         return self._untyped.decode(data)
+
+
+def _widen(obj: Any) -> Any:
+    if type(obj) is int and not -(2**63) <= obj < 2**64:
+        return str(obj)
+    if type(obj) is list:
+        return [_widen(v) for v in obj]
+    return obj

@@ -16,7 +16,7 @@ Rules (msgspec schema evolution, see DESIGN.md "Messages"):
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 import msgspec
 
@@ -25,6 +25,30 @@ SCALE = 10**8
 
 NOTIONAL_SCALE = SCALE * SCALE
 """Scale of a price x quantity product (cost basis, PnL)."""
+
+if TYPE_CHECKING:
+    Money = int
+else:
+    Money = int | str
+"""Money in 1/NOTIONAL_SCALE units: an ``int`` everywhere in Python. A notional above ~922
+USDT exceeds msgpack's 64-bit ints, so on the wire such a value is its decimal string
+(``Codec.encode_wide``), turned back into an exact ``int`` as the message is decoded."""
+
+MONEY_DIGITS = 40
+"""A money value on the wire has at most this many digits (|value| < 10**40 / 1e16)."""
+
+
+def _money(msg: msgspec.Struct, *names: str) -> None:
+    """``__post_init__`` of messages with money fields: wire strings back to exact ints
+    (a malformed or absurd one is a ValueError, i.e. a msgspec.ValidationError)."""
+    for name in names:
+        v = getattr(msg, name)
+        if type(v) is str:
+            digits = v[1:] if v[:1] == "-" else v
+            if not (digits.isdigit() and digits.isascii() and len(digits) <= MONEY_DIGITS):
+                raise ValueError(f"{name}: not an integer of at most {MONEY_DIGITS} digits")
+            msgspec.structs.force_setattr(msg, name, int(v))
+
 
 Levels = Annotated[
     bytes,
@@ -274,11 +298,14 @@ class Fill(Msg):
     fill_id: int
     px: int
     qty: int
-    fee: int
+    fee: Money
     liquidity: Liquidity
     ts_exchange_ns: int
     ts_recv_ns: int
     ts_fill_ns: int
+
+    def __post_init__(self) -> None:
+        _money(self, "fee")
 
 
 class OrderUpdate(Msg):
@@ -316,14 +343,17 @@ class Position(Msg):
 
     symbol: str
     qty: int
-    cost: int
-    realized_pnl: int
-    unrealized_pnl: int
-    fees: int
+    cost: Money
+    realized_pnl: Money
+    unrealized_pnl: Money
+    fees: Money
     mark_px: int
     fills: int
     ts_recv_ns: int
     ts_update_ns: int
+
+    def __post_init__(self) -> None:
+        _money(self, "cost", "realized_pnl", "unrealized_pnl", "fees")
 
 
 class RiskState(Msg):
@@ -336,9 +366,12 @@ class RiskState(Msg):
     kill_switch: bool
     reason: str
     open_orders: int
-    gross_exposure: int
+    gross_exposure: Money
     """Sum over symbols of |position + working orders| x mid, 1/NOTIONAL_SCALE units."""
     ts_ns: int
+
+    def __post_init__(self) -> None:
+        _money(self, "gross_exposure")
 
 
 class ControlCommand(Msg):

@@ -226,3 +226,25 @@ def test_a_stop_asked_during_start_still_stops_drains_and_flushes(rt: Path, tmp_
     assert k.run(handle_signals=False) == 0, k.failures
     assert flushed.read_text() == "flushed", "a plugin that started is flushed"
     assert not (tmp_path / "never").exists(), "a plugin that never started is not"
+
+
+def test_a_real_sized_position_crosses_lanes_exactly(start_kernel) -> None:
+    """Money beyond 64 bits (a 2 BTC cost basis in 1e-16 units) goes as a decimal string
+    and arrives as the exact int: before, every Position above ~922 USDT stayed in its lane
+    (persistence in its own lane never saw it; a restart could not restore it)."""
+    from tickbus.schemas import Position
+
+    k = start_kernel(
+        {
+            "lanes": {"hot": {}, "other": {}},
+            "plugins": {"far": {"plugin": "tb_recorder", "lane": "other", "prefix": "pos."}},
+        }
+    )
+    big = 67_000 * SCALE * 2 * SCALE
+    pos = Position("BTCUSDT", 2 * SCALE, big, -big, 12345, big // 1000, 67_000 * SCALE, 3, 1, 2)
+    hot = k.lanes["hot"]
+    hot.call(hot.publish, "pos.BTCUSDT", pos)
+    far = k.contexts["far"].component
+    wait_for(lambda: far["objs"])
+    assert far["objs"] == [pos] and type(far["objs"][0].cost) is int
+    assert hot.stats.encode_errors == 0
