@@ -26,6 +26,7 @@ kernel clock (recorded time in a backtest), never from ``time.time()``.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -36,8 +37,10 @@ import msgspec
 from tickbus.schemas import (
     SCALE,
     BookTop,
+    ControlCommand,
     FeatureVector,
     Fill,
+    OrderAccepted,
     OrderCancel,
     OrderRejected,
     OrderRequest,
@@ -46,6 +49,7 @@ from tickbus.schemas import (
     Position,
     Side,
     Signal,
+    StrategySnapshot,
     TimeInForce,
     Trade,
 )
@@ -111,6 +115,8 @@ class Strategy(Generic[ConfigT]):
         # the kernel clock at the first order, so a backtest gives the same ids every run.
         self._run = ""
         self._seq = itertools.count(1)
+        self._started = False  # market callbacks (and so orders) only once started
+        self._restoring: OrderAccepted | None = None
 
     # ------------------------------------------------------------------ callbacks
 
@@ -142,6 +148,16 @@ class Strategy(Generic[ConfigT]):
 
     def on_stop(self) -> None:
         """The engine is stopping: no new order will be sent after this returns."""
+
+    def snapshot(self) -> Any:
+        """Your state for a restart, as JSON-able builtins (persistence asks every
+        ``snapshot_interval_ms`` and at stop; None: nothing of your own to keep). Positions,
+        working orders and the counters are restored by the base class."""
+        return None
+
+    def restore(self, state: Any) -> None:
+        """A restart: ``state`` is what :meth:`snapshot` returned last (before
+        :meth:`on_start`; positions and working orders are already back)."""
 
     def status(self) -> str:
         """A short fragment for the engine's status line."""
@@ -265,13 +281,21 @@ class Strategy(Generic[ConfigT]):
         self._publish(f"sig.{symbol}", sig)
         return sig
 
-    def set_timer(self, name: str, delay_s: float, payload: Any = None) -> None:
-        """Call :meth:`on_timer` (name, payload) after ``delay_s`` of kernel-clock time;
-        setting a timer of the same name again replaces it."""
+    def set_timer(
+        self, name: str, delay_s: float = 0.0, payload: Any = None, *, at_ns: int = 0
+    ) -> None:
+        """Call :meth:`on_timer` (name, payload) after ``delay_s`` of kernel-clock time, or
+        at kernel-clock time ``at_ns`` (at once if past); setting a timer of the same name
+        again replaces it."""
         old = self._timers.pop(name, None)
         if old is not None:
             old.cancel()
-        self._timers[name] = self.ctx.call_later(delay_s, self._fire, name, payload)
+        ctx = self.ctx
+        self._timers[name] = (
+            ctx.call_at(at_ns, self._fire, name, payload)
+            if at_ns
+            else ctx.call_later(delay_s, self._fire, name, payload)
+        )
 
     def cancel_timer(self, name: str) -> None:
         """Forget timer ``name`` (no-op if it is not set)."""
@@ -287,20 +311,20 @@ class Strategy(Generic[ConfigT]):
         self.on_timer(name, payload)
 
     def _book(self, book: BookTop) -> None:
-        if book.symbol not in self._wanted:
+        if book.symbol not in self._wanted or not self._started:
             return
         self.books[book.symbol] = book
         self._cause_ns = book.ts_recv_ns
         self.on_book(book)
 
     def _trade(self, trade: Trade) -> None:
-        if trade.symbol not in self._wanted:
+        if trade.symbol not in self._wanted or not self._started:
             return
         self._cause_ns = trade.ts_recv_ns
         self.on_trade(trade)
 
     def _features(self, features: FeatureVector) -> None:
-        if features.symbol not in self._wanted:
+        if features.symbol not in self._wanted or not self._started:
             return
         self._cause_ns = features.ts_recv_ns
         self.on_features(features)
@@ -348,7 +372,83 @@ class Strategy(Generic[ConfigT]):
             )
         )  # fmt: skip
 
+    # ------------------------------------------------------------------ restart
+
+    def _snapshot_asked(self, cmd: ControlCommand) -> None:
+        if cmd.command == "snapshot":
+            self._snap()
+
+    def _snap(self) -> None:
+        try:
+            state = json.dumps(
+                {"stats": self.stats, "state": self.snapshot()}, separators=(",", ":")
+            )
+        except (TypeError, ValueError) as err:
+            self.log.error("snapshot not JSON-able, not saved: %s", err)
+            return
+        self._publish(f"snap.{self.id}", StrategySnapshot(self.id, state, self.now_ns()))
+
+    def _restore_net(self, pos: Position) -> None:
+        if not isinstance(pos, Position) or self._late("position"):
+            return
+        if pos.symbol in self._net:  # a symbol no longer configured is not ours to trade
+            self._net[pos.symbol] = pos.qty
+
+    def _restore_order(self, accepted: OrderAccepted) -> None:
+        self._restoring = accepted if isinstance(accepted, OrderAccepted) else None
+
+    def _restore_report(self, update: OrderUpdate) -> None:
+        accepted, self._restoring = self._restoring, None
+        if update.strategy_id != self.id or self._late("order"):
+            return
+        req = accepted.order if accepted is not None else None
+        if (
+            req is None
+            or req.client_order_id != update.client_order_id
+            or update.status in _FINAL
+            or not 0 <= update.filled_qty
+            or not 0 < update.leaves_qty <= req.qty
+        ):
+            self.log.error("restored order refused (not a working order of ours): %s", update)
+            return
+        self.orders[req.client_order_id] = WorkingOrder(
+            req, update.status, update.filled_qty, update.leaves_qty
+        )
+
+    def _restore_snapshot(self, snap: StrategySnapshot) -> None:
+        if snap.strategy_id != self.id or self._late("snapshot"):
+            return
+        try:
+            saved = json.loads(snap.state)
+            stats, state = saved["stats"], saved["state"]
+            counts = {k: int(stats[k]) for k in self.stats if k in stats}
+        except (ValueError, TypeError, KeyError) as err:
+            self.log.error("restored snapshot refused (not this strategy's format: %s)", err)
+            return
+        self.stats.update(counts)
+        self.restore(state)
+
+    def _restore_done(self, done: Any) -> None:
+        if self._late("done"):
+            return
+        net = ", ".join(f"{sym} {q / SCALE:g}" for sym, q in self._net.items())
+        self.log.info("restored from run %s: net %s, %d working order(s)",
+                      getattr(done, "from_run", "?"), net, len(self.orders))  # fmt: skip
+
+    def _late(self, what: str) -> bool:
+        """Restored state after the start would race live orders: refused, loudly."""
+        if self._started:
+            self.log.error("restored %s after the start refused: list after ="
+                           ' ["persistence"] in this strategy\'s table', what)  # fmt: skip
+        return self._started
+
     def _subscribe(self, ctx: PluginContext) -> None:
+        ctx.subscribe("ctl.snapshot", self._snapshot_asked)
+        ctx.subscribe(f"restore.net.{self.id}.", self._restore_net)
+        ctx.subscribe("restore.order", self._restore_order)
+        ctx.subscribe("restore.report", self._restore_report)
+        ctx.subscribe(f"restore.snap.{self.id}", self._restore_snapshot)
+        ctx.subscribe("restore.done", self._restore_done)
         for sym in self.symbols:
             ctx.subscribe(f"md.book.{sym}", self._book)
             ctx.subscribe(f"md.trade.{sym}", self._trade)
@@ -393,12 +493,14 @@ class _StrategyPlugin:
 
     @hookimpl
     def tickbus_start(self, ctx: PluginContext) -> None:
+        ctx.component._started = True
         ctx.component.on_start()
 
     @hookimpl
     def tickbus_stop(self, ctx: PluginContext) -> None:
         strategy: Strategy[Any] = ctx.component
         strategy.on_stop()
+        strategy._snap()  # the state at the stop: a restart picks up exactly here
         for name in list(strategy._timers):
             strategy.cancel_timer(name)
         strategy._publish = _closed(strategy.log)

@@ -18,7 +18,8 @@ queue, the backlog and the commit latencies for the metrics plugin.
 
 Restart: at start (``restore``: "auto" = with the live clock) it publishes the restored
 state - ``restore.pos.<S>`` (Position), ``restore.order`` (OrderAccepted) followed by
-``restore.report`` (its OrderUpdate) for each working order, ``restore.snap.<id>``
+``restore.report`` (its OrderUpdate) for each working order, ``restore.net.<id>.<S>``
+(Position: strategy ``<id>``'s own fills in ``<S>``), ``restore.snap.<id>``
 (StrategySnapshot) - and then ``restore.done`` (:class:`~.messages.Restored`). Plugins that
 restore from them list ``after = ["persistence"]``. Every ``snapshot_interval_ms`` it asks
 the strategies for a snapshot (``ControlCommand`` "snapshot" on ``ctl.snapshot``) and
@@ -362,6 +363,8 @@ class Persistence:
         for accepted, update in st.orders:
             publish("restore.order", accepted)
             publish("restore.report", update)
+        for sid, pos in st.strategy_positions:
+            publish(f"restore.net.{sid}.{pos.symbol}", pos)
         for snap in st.snapshots:
             publish(f"restore.snap.{snap.strategy_id}", snap)
         publish(RESTORE_DONE_TOPIC, done)

@@ -14,6 +14,8 @@ strategies' latest snapshots, as bus messages (published by the plugin at start 
   their filled quantity comes from the committed fills (authoritative, like the position),
   so an order whose last fill was committed without its report is not resent.
 * **Snapshots** (``StrategySnapshot``): the latest per strategy.
+* **Strategy positions** (``Position`` per strategy and symbol): each strategy's own fills
+  folded, so a strategy that died before its first snapshot still knows what it holds.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class Restored:
     positions: list[Position] = field(default_factory=list)
     orders: list[tuple[OrderAccepted, OrderUpdate]] = field(default_factory=list)
     snapshots: list[StrategySnapshot] = field(default_factory=list)
+    strategy_positions: list[tuple[str, Position]] = field(default_factory=list)
+    """(strategy id, its own position in a symbol): every committed fill of the strategy."""
 
 
 _REQ = ", ".join(ORDER_COLUMNS)
@@ -99,6 +103,7 @@ def load(conn: sqlite3.Connection, before_run: int) -> Restored:
     out.from_run = row[0]
     out.positions = _positions(conn, before_run, clock)
     out.orders = _orders(conn, out.from_run)
+    out.strategy_positions = _strategy_positions(conn, before_run, clock)
     out.snapshots = [
         StrategySnapshot(sid, state, ts)
         for sid, state, ts, _ in conn.execute(
@@ -154,6 +159,31 @@ def _positions(conn: sqlite3.Connection, before_run: int, clock: str) -> list[Po
         ts_recv, ts_update = times.get(sym, (0, 0))
         out.append(Position(sym, acc.qty, acc.cost, acc.realized, acc.qty * mark - acc.cost,
                             acc.fees, mark, acc.fills, ts_recv, ts_update))  # fmt: skip
+    return out
+
+
+def _strategy_positions(
+    conn: sqlite3.Connection, before_run: int, clock: str
+) -> list[tuple[str, Position]]:
+    """Each strategy's own position per symbol, folded from all its committed fills (a
+    strategy's net is its own business: the account's position sums every strategy)."""
+    accounts: dict[tuple[str, str], Account] = {}
+    last: dict[tuple[str, str], tuple[int, int, int]] = {}
+    for sid, sym, side, px, qty, fee, ts_recv, ts_fill in conn.execute(
+        "SELECT strategy_id, symbol, side, px, qty, fee, ts_recv_ns, ts_fill_ns FROM fills"
+        f" WHERE run_id < ? AND {_SAME_CLOCK} ORDER BY run_id, fill_id, seq",
+        (before_run, clock),
+    ):
+        acc = accounts.get((sid, sym))
+        if acc is None:
+            acc = accounts[sid, sym] = Account()
+        acc.fill(side == "buy", px, qty, int(fee))
+        last[sid, sym] = (px, ts_recv, ts_fill)
+    out = []
+    for (sid, sym), acc in sorted(accounts.items()):
+        mark, ts_recv, ts_fill = last[sid, sym]
+        out.append((sid, Position(sym, acc.qty, acc.cost, acc.realized, acc.qty * mark - acc.cost,
+                                  acc.fees, mark, acc.fills, ts_recv, ts_fill)))  # fmt: skip
     return out
 
 

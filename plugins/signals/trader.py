@@ -38,7 +38,7 @@ import math
 from typing import Any, Literal, NamedTuple
 
 from tickbus.kernel import PluginContext, ReplayClock, Strategy, StrategyConfig, TickbusError
-from tickbus.schemas import BookTop, FeatureVector, Fill, OrderUpdate, Side
+from tickbus.schemas import SCALE, BookTop, FeatureVector, Fill, OrderUpdate, Side
 
 PriceMode = Literal["touch", "cross", "market"]
 _FINAL = frozenset({"filled", "canceled", "expired", "rejected"})
@@ -440,6 +440,45 @@ class SignalTrader(Strategy):
             st.intent = ""
         if st is not None and update.status == "rejected":
             st.quiet_until_ns = self.ctx.clock.now_ns() + int(self.config.reject_backoff_ms * 1e6)
+
+    # ------------------------------------------------------------------ restart
+
+    _SAVED = ("intent", "sig_dir", "sig_strength", "sig_t_ns", "sig_hold_ms", "exit_due",
+              "exit_at_ns", "quiet_until_ns")  # fmt: skip
+
+    def snapshot(self) -> Any:
+        """Per symbol: the working intent, the last signal, the exit deadline, the back-off."""
+        return {sym: {k: getattr(st, k) for k in self._SAVED} for sym, st in self.state.items()}
+
+    def restore(self, state: Any) -> None:
+        if not isinstance(state, dict):
+            self.log.error("restored state refused (not a table of symbols): %r", state)
+            return
+        for sym, saved in state.items():
+            st = self.state.get(sym)
+            if st is None or not isinstance(saved, dict):
+                continue  # a symbol no longer traded
+            fresh = _Sym()
+            for k in self._SAVED:
+                v = saved.get(k, getattr(fresh, k))
+                if type(v) is not type(getattr(fresh, k)):
+                    self.log.error("restored %s.%s refused: %r", sym, k, v)
+                    v = getattr(fresh, k)
+                setattr(st, k, v)
+            if st.intent not in self.orders:
+                st.intent = ""  # finished while we were down (or never restored)
+
+    def on_start(self) -> None:
+        for sym, st in self.state.items():
+            if not self.net_qty(sym):
+                st.exit_due, st.exit_at_ns = False, 0
+            elif st.exit_at_ns:  # a restored position: its holding period goes on
+                self.set_timer(f"exit.{sym}", payload=sym, at_ns=st.exit_at_ns)
+            elif not st.exit_due:
+                # a position with no known deadline (killed before a snapshot): exit it
+                self.log.warning("%s: restored position %g with no holding deadline: exiting",
+                                 sym, self.net_qty(sym) / SCALE)  # fmt: skip
+                st.exit_due = True
 
     def on_stop(self) -> None:
         for symbol in self.symbols:

@@ -41,13 +41,15 @@ def px(x: float) -> int:
 
 
 class restored:
-    """Test plugin: every ``restore.*`` message (what persistence published)."""
+    """Test plugin: what persistence published for the account (``restore.*`` but the
+    strategies' own positions, ``restore.net.*``)."""
 
     @staticmethod
     @hookimpl
     def tickbus_setup(ctx: PluginContext) -> list[Any]:
         seen: list[Any] = []
-        ctx.subscribe("restore.", seen.append)
+        for topic in ("restore.pos.", "restore.order", "restore.report", "restore.done"):
+            ctx.subscribe(topic, seen.append)
         return seen
 
 

@@ -58,13 +58,27 @@ class Feeder:
 
 
 class probe:
-    """Test plugin: every ``restore.*`` message it gets."""
+    """Test plugin: every ``restore.*`` message it gets, but the strategies' own positions
+    (``restore.net.*``, which :class:`net_probe` collects)."""
 
     @staticmethod
     @hookimpl
     def tickbus_setup(ctx: PluginContext) -> list[Any]:
         seen: list[Any] = []
-        ctx.subscribe("restore.", seen.append)
+        for topic in ("restore.pos.", "restore.order", "restore.report", "restore.snap.",
+                      "restore.done"):  # fmt: skip
+            ctx.subscribe(topic, seen.append)
+        return seen
+
+
+class net_probe:
+    """Test plugin: the Position of every ``restore.net.<strategy id>.<S>``."""
+
+    @staticmethod
+    @hookimpl
+    def tickbus_setup(ctx: PluginContext) -> list[Any]:
+        seen: list[Any] = []
+        ctx.subscribe("restore.net.", seen.append)
         return seen
 
 

@@ -247,4 +247,34 @@ def test_restore_comes_before_the_plugins_that_start_after_it(
                     "persistence": {"path": str(runs.db)}},  # type: ignore[attr-defined]
     }, {"late": late})  # fmt: skip
     k.stop()
-    assert late.seen_at_start == ["Position", "OrderAccepted", "OrderUpdate", "Restored"]
+    # the account's position, the working order, the strategy's own position, done
+    assert late.seen_at_start == [
+        "Position", "OrderAccepted", "OrderUpdate", "Position", "Restored"
+    ]  # fmt: skip
+
+
+def test_each_strategy_gets_its_own_position_back(
+    start_kernel: Callable[..., Kernel], runs: Callable[..., list[Any]]
+) -> None:
+    """Two strategies in one symbol: the account nets them, each strategy's own position
+    (``restore.net.<id>.<S>``) is its own fills folded - over several runs - so a strategy
+    killed before its first snapshot still knows what it holds."""
+    from persistence_support import net_probe
+
+    a, b, c = req("a", "buy", sid="s1"), req("b", "sell", sid="s2"), req("c", "buy", sid="s1")
+    runs([("exec.fill", fill(a, SCALE // 100, fee=5)), ("exec.fill", fill(b, SCALE // 50))])
+    runs([("exec.fill", fill(c, SCALE // 200, PX + SCALE, fee=3))])
+    k = start_kernel({
+        "bus": NO_ENDPOINTS,
+        "plugins": {"persistence": {"path": str(runs.db)},  # type: ignore[attr-defined]
+                    "net": {}},
+    }, {"net": net_probe})  # fmt: skip
+    got = list(k.contexts["net"].component)
+    k.stop()
+    s1 = PositionBook("BTCUSDT")
+    s1.fill(True, PX, SCALE // 100, 5)
+    s1.fill(True, PX + SCALE, SCALE // 200, 3)
+    assert [(p.symbol, p.qty, p.cost, p.fees, p.fills) for p in got] == [
+        ("BTCUSDT", s1.qty, s1.cost, 8, 2),  # s1
+        ("BTCUSDT", -SCALE // 50, -PX * SCALE // 50, 7, 1),  # s2
+    ]
