@@ -60,6 +60,12 @@ def test_sigterm_leaves_a_complete_file(tmp_path: Path) -> None:
     sim = SimThread(speed=20)
     try:
         proc = record(tmp_path, sim.port)
+        # the file is created just before the signal handlers: on a loaded machine the
+        # interpreter takes seconds to get there (a SIGTERM before it kills the process)
+        end = time.monotonic() + 60
+        while not (tmp_path / "rec.gz").exists() and proc.poll() is None:
+            assert time.monotonic() < end, "the recorder never opened its file"
+            time.sleep(0.05)
         time.sleep(2.5)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
