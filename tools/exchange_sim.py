@@ -15,10 +15,13 @@ paths.
 The replay is a live market: the clock starts when the server starts and every client sees the
 stream from the current position on. ``--speed X`` replays X times faster than recorded;
 ``--speed 0`` replays as fast as the slowest connected client reads, and pauses while no client
-is connected (so a test sees the capture from its first frame).
+is connected (so a test sees the capture from its first frame). ``--wait`` starts a paced replay
+when the first client connects instead of at start-up: a client that takes a while to start
+still sees the capture from its first frame, at the recorded pace (how a live run is compared
+with a backtest of the same capture).
 
     tickbus exchange-sim --data plugins/binance/data/btcusdt_spot_20240808_sample.gz \\
-        --port 9443 --speed 1 --fault drop:100 --fault rest:429:1
+        --port 9443 --speed 1 [--wait] --fault drop:100 --fault rest:429:1
 """
 
 from __future__ import annotations
@@ -207,6 +210,7 @@ class _SymbolState:
     snap: _Snapshot
     book: _Book | None = None  # None until the replay passes the recorded snapshot
     early: list[_Depth] = field(default_factory=list)  # diffs sent before the snapshot
+    reached: asyncio.Event = field(default_factory=asyncio.Event)  # set with ``book``
 
 
 def _load(paths: Sequence[str | Path]) -> tuple[list[_Frame | _SnapItem], dict[str, bytes]]:
@@ -295,6 +299,7 @@ class ExchangeSim:
         retry_after_s: int = 1,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 60.0,
+        wait: bool = False,
     ) -> None:
         if not data:
             raise ValueError("ExchangeSim needs at least one capture file")
@@ -305,6 +310,7 @@ class ExchangeSim:
         self.faults = tuple(f if isinstance(f, Fault) else parse_fault(f) for f in faults)
         self.rest_hang_s, self.retry_after_s = rest_hang_s, retry_after_s
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
+        self.wait = wait
 
         by = {k: frozenset(f.n for f in self.faults if f.kind == k) for k in get_args(FaultKind)}
         self._drop, self._dup, self._swap = by["drop"], by["dup"], by["swap"]
@@ -324,6 +330,7 @@ class ExchangeSim:
         self._stopping = asyncio.Event()
         self.finished = asyncio.Event()  # set when the whole capture has been replayed
         self._t0 = 0.0
+        self._paced = False  # the paced clock runs (with ``wait``: from the first client on)
         self._pos_ts_ns = 0
 
     # -------------------------------------------------------------- lifecycle
@@ -387,7 +394,7 @@ class ExchangeSim:
 
     def replay_time_ns(self) -> int:
         """The replay clock: recorded local time of the current position (ns)."""
-        if self.speed > 0 and not self.finished.is_set():
+        if self._paced and not self.finished.is_set():
             now = asyncio.get_running_loop().time()
             start = self._timeline[0].ts_ns
             return max(self._pos_ts_ns, start + int((now - self._t0) * self.speed * 1e9))
@@ -399,6 +406,10 @@ class ExchangeSim:
         loop = asyncio.get_running_loop()
         ts0 = self._timeline[0].ts_ns
         depth_dec = msgspec.json.Decoder(_Depth)
+        if self.wait and self.speed > 0:
+            await self._has_clients.wait()
+            self._t0 = loop.time()  # the recorded pace counts from the first connection
+        self._paced = self.speed > 0
         for i, item in enumerate(self._timeline):
             if self.speed > 0:
                 delay = self._t0 + (item.ts_ns - ts0) / 1e9 / self.speed - loop.time()
@@ -432,6 +443,7 @@ class ExchangeSim:
         for ev in st.early:
             book.apply(ev)
         st.book, st.early = book, []
+        st.reached.set()
 
     async def _broadcast(self, frame: _Frame) -> None:
         for c in list(self._clients):
@@ -680,8 +692,21 @@ class ExchangeSim:
         st = self._symbols.get(symbol)
         if st is None:
             return _error(503, -1001, f"exchange-sim: no recorded depth snapshot for {symbol}")
-        if st.book is None:
-            # before the recorded snapshot's time: serve it as recorded
+        held = st.book is None and self.speed > 0
+        if held:
+            # A paced replay has no book before the recorded snapshot's time (the recorded
+            # one, served early, would hold updates the stream has not sent yet): answer when
+            # the replay reaches it, with the recorded body - what the recorder got then.
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            reached = asyncio.ensure_future(st.reached.wait())
+            await asyncio.wait((stopping, reached), return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            reached.cancel()
+            if self._stopping.is_set():
+                return _error(503, -1001, "exchange-sim: stopping")
+        if st.book is None or held:
+            # before the recorded snapshot's time (as fast as clients read: served at once),
+            # or held until it: the recorded body
             if limit >= max(len(st.snap.bids), len(st.snap.asks)):
                 return _json(200, st.recorded)
             body = msgspec.json.decode(st.recorded)
@@ -709,6 +734,11 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=1.0,
         help="replay speed factor (default 1 = real time; 0 = as fast as clients read)",
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="start a paced replay when the first client connects (default: at once)",
     )
     parser.add_argument(
         "--fault",
@@ -751,6 +781,7 @@ def run(args: argparse.Namespace) -> int:
             faults=faults,
             rest_hang_s=args.rest_hang,
             ping_interval=args.ping_interval or None,
+            wait=args.wait,
         )
         try:
             port = await sim.start()
