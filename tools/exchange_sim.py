@@ -5,12 +5,13 @@ it: WebSocket combined streams (``/stream?streams=a/b``) and raw streams (``/ws/
 the recorded frames sent byte-for-byte, ``SUBSCRIBE``/``UNSUBSCRIBE``/``LIST_SUBSCRIPTIONS``
 requests, and REST ``/api/v3/depth`` / ``/fapi/v1/depth`` / ``/dapi/v1/depth`` snapshots that are
 consistent with the stream position (a book is rebuilt from the recorded snapshot plus the depth
-diffs as they go out), ``exchangeInfo`` listing the capture's symbols (``symbol=``/``symbols=``
-filters answered as Binance does: 400 ``-1121 Invalid symbol.`` if one is not listed), plus
-``ping`` and ``time``. A WebSocket handshake for a stream the capture does not have is refused
-with HTTP 400 and a Binance-like JSON body naming it. Faults (gaps, duplicates, reordering,
-dropped connections, malformed frames, REST errors) can be injected to test a client's recovery
-paths.
+diffs as they go out; a paced replay answers a request made before the recorded snapshot's
+time at that time, with the recorded body), ``exchangeInfo`` listing the capture's symbols
+(``symbol=``/``symbols=`` filters answered as Binance does: 400 ``-1121 Invalid symbol.`` if
+one is not listed), plus ``ping`` and ``time``. A WebSocket handshake for a stream the capture
+does not have is refused with HTTP 400 and a Binance-like JSON body naming it. Faults (gaps,
+duplicates, reordering, dropped connections, malformed frames, REST errors) can be injected to
+test a client's recovery paths.
 
 The replay is a live market: the clock starts when the server starts and every client sees the
 stream from the current position on. ``--speed X`` replays X times faster than recorded;
