@@ -110,26 +110,20 @@ KERNEL_STAMPS = {
     "Signal": ("timestamp_ns",),
 }
 """Fields stamped from the kernel clock: wall time live, recorded time in a backtest."""
-Trace = list[tuple[int, Msg]]
+Trace = list[Msg]
 
 
 class Tracer:
-    """Test plugin, first in the hot lane: every message on ``TOPICS`` in delivery order,
-    with the monotonic time it arrived (for the figures of a failure)."""
+    """Test plugin, first in the hot lane: every message on ``TOPICS`` in delivery order."""
 
     def __init__(self) -> None:
         self.seen: Trace = []
 
     @hookimpl
     def tickbus_setup(self, ctx: PluginContext) -> Trace:
-        seen, clock = self.seen, time.monotonic_ns
-
-        def keep(msg: Msg) -> None:
-            seen.append((clock(), msg))
-
         for prefix in TOPICS:
-            ctx.subscribe(prefix, keep)
-        return seen
+            ctx.subscribe(prefix, self.seen.append)
+        return self.seen
 
 
 # ------------------------------------------------------------------------------ the runs
@@ -189,7 +183,7 @@ def run_live(raw: dict[str, Any], capture: Path, work: Path, rt: Path) -> Trace:
         try:
             assert sim.wait(SECONDS + 60) == 0, "exchange-sim failed"
             end = time.monotonic() + 10
-            while not any(isinstance(m, FeedStatus) and not m.connected for _, m in tracer.seen):
+            while not any(isinstance(m, FeedStatus) and not m.connected for m in tracer.seen):
                 assert time.monotonic() < end, "the feed never saw the end of the data"
                 time.sleep(0.05)
         finally:
@@ -223,7 +217,7 @@ def until_end(trace: Trace) -> list[Msg]:
     backtest's stop (``sys.shutdown``)."""
     msgs: list[Msg] = []
     data = False
-    for _, m in trace:
+    for m in trace:
         if isinstance(m, Shutdown) or (isinstance(m, FeedStatus) and not m.connected and data):
             break
         data = data or isinstance(m, BookTop | Trade)
