@@ -114,6 +114,7 @@ class Strategy(Generic[ConfigT]):
         # unique per run and strategy: instance, run stamp, sequence. The stamp comes from
         # the kernel clock at the first order, so a backtest gives the same ids every run.
         self._run = ""
+        self._restart = ""  # "r<run>" after a restart: a replayed clock repeats its stamps
         self._seq = itertools.count(1)
         self._started = False  # market callbacks (and so orders) only once started
         self._restoring: OrderAccepted | None = None
@@ -193,9 +194,10 @@ class Strategy(Generic[ConfigT]):
 
     def order_id(self) -> str:
         """A new client order id, unique per run and strategy: ``<id>-<stamp>-<n>``, the
-        stamp from the kernel clock at the first order (ms, base 36)."""
+        stamp from the kernel clock at the first order (ms, base 36; after a restart
+        followed by ``r<database run id>``: a restarted replay repeats its clock)."""
         if not self._run:
-            self._run = _base36(self.ctx.clock.now_ns() // 1_000_000 % 36**8)
+            self._run = _base36(self.ctx.clock.now_ns() // 1_000_000 % 36**8) + self._restart
         return f"{self.id}-{self._run}-{next(self._seq)}"
 
     def submit(
@@ -431,6 +433,9 @@ class Strategy(Generic[ConfigT]):
     def _restore_done(self, done: Any) -> None:
         if self._late("done"):
             return
+        run: object = getattr(done, "run_id", None)
+        if isinstance(run, int) and run > 0 and getattr(done, "from_run", None):
+            self._restart = f"r{_base36(run)}"
         net = ", ".join(f"{sym} {q / SCALE:g}" for sym, q in self._net.items())
         self.log.info("restored from run %s: net %s, %d working order(s)",
                       getattr(done, "from_run", "?"), net, len(self.orders))  # fmt: skip

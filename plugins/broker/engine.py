@@ -54,7 +54,7 @@ from .matching import (
 )
 from .orders import Order
 from .positions import PositionBook, div_round, rate_of, total
-from .restore import is_symbol, order_problem, position_problem
+from .restore import is_symbol, never_rests, order_problem, position_problem
 
 _EPOCH_NS = 10**18
 """A receive time above this is wall-clock (epoch) time - 2001 in ns; a monotonic clock would
@@ -205,6 +205,7 @@ class PaperBroker:
         self.trading = False
         """The start hook ran: restore messages are refused from now on (:mod:`.restore`)."""
         self._held: Any = None
+        self._expired_at_start: list[OrderUpdate] = []
         """A ``restore.order`` waiting for its ``restore.report``."""
         self.stats: dict[str, int] = dict.fromkeys(
             ("orders", "accepted", "rejected", "fills", "canceled", "expired",
@@ -348,6 +349,18 @@ class PaperBroker:
         order.filled, order.leaves = up.filled_qty, up.leaves_qty
         order.notional = up.avg_px * up.filled_qty  # the exact one is not restored
         self._ids.add(order.key)
+        if never_rests(r):
+            # its owner, risk and the database must see it end, or it "works" for ever
+            order.to("expired")
+            self.stats["expired"] += 1
+            self.stats["restored_orders"] += 1  # taken back, and ended at once
+            self._remember(order)
+            # reported at the start: every plugin has its restored copy by then, whatever
+            # the order of their subscriptions
+            self._expired_at_start.append(order.update(
+                f"restored from an earlier run: a {r.order_type} {r.tif} order does not"
+                " survive a restart", r.ts_recv_ns, 0))  # fmt: skip
+            return
         self.working[order.key] = order
         m = self.markets.get(r.symbol) or self._market(r.symbol)
         assert m is not None
@@ -380,6 +393,10 @@ class PaperBroker:
         """The broker starts trading: from now on restore messages are refused."""
         self._unpaired()
         self.trading = True
+        now = self._now()
+        for up in self._expired_at_start:
+            self._publish("exec.report", msgspec.structs.replace(up, ts_update_ns=now))
+        self._expired_at_start.clear()
 
     def _unpaired(self) -> None:
         """Refuse the ``restore.order`` held, if any: its ``restore.report`` never came."""

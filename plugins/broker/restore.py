@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tickbus.schemas import OrderAccepted, OrderUpdate, Position
+from tickbus.schemas import OrderAccepted, OrderRequest, OrderUpdate, Position
 
 from .orders import WORKING
 
@@ -53,6 +53,13 @@ def position_problem(p: Any) -> str:
     return ""
 
 
+def never_rests(r: OrderRequest) -> bool:
+    """A market, IOC or FOK order: it lived only in the instant it reached the venue. One
+    still working at a kill died with the process (its fills, if any, are the committed
+    ones): the broker reports it expired rather than resting it again."""
+    return r.order_type == "market" or r.tif not in ("GTC", "GTD")
+
+
 def order_problem(a: Any, u: Any) -> str:
     """Why the restored order ``a`` with its report ``u`` cannot rest again ("" if it can);
     the symbol and the id's uniqueness are the broker's to judge."""
@@ -67,12 +74,9 @@ def order_problem(a: Any, u: Any) -> str:
     theirs = (u.client_order_id, u.strategy_id, u.symbol, u.side, u.order_type, u.px, u.qty)
     if mine != theirs:
         return f"its restore.report is about another order: {theirs}"
-    if r.order_type == "market" or r.tif not in ("GTC", "GTD"):
-        return (f"{r.order_type} order with tif {r.tif}: it never rests, and what became of "
-                "it in the earlier run is unknown")  # fmt: skip
     if r.qty <= 0:
         return f"quantity {r.qty} <= 0"
-    if r.px <= 0:
+    if r.px <= 0 and r.order_type != "market":
         return f"price {r.px} <= 0"
     if r.tif == "GTD" and r.expire_at_ns <= 0:
         return f"GTD with expire_at_ns {r.expire_at_ns}"
