@@ -27,19 +27,27 @@ ORDER = ("p50", "p90", "p99", "p99_9")
 
 def test_the_variants_differ_from_the_tickbus_bench_hot_lane_by_the_observers_only() -> None:
     base = bo.load_config()
-    bare = bo.variant_config(base, "bare")
+    (bare,) = bo.variant_processes(base, "bare")
     with open(ROOT / "configs" / "bench.toml", "rb") as fh:
         hot = tomllib.load(fh)
     assert bare["plugins"] == hot["plugins"] and bare["lanes"] == hot["lanes"]
-    both = bo.variant_config(base, "persistence+metrics")
+    assert bo.HOT in bare["lanes"]
+    (both,) = bo.variant_processes(base, "persistence+metrics")
     assert both == base
-    persistence = bo.variant_config(base, "persistence")
+    (persistence,) = bo.variant_processes(base, "persistence")
     assert set(persistence["plugins"]) == set(bare["plugins"]) | {"persistence"}
     # each observer in a lane of its own, off the hot lane
     lanes = {both["plugins"][p]["lane"] for p in ("persistence", "metrics")}
     assert len(lanes) == 2 and not lanes & set(bare["lanes"])
-    persist_lane = both["plugins"]["persistence"]["lane"]
-    assert set(persistence["lanes"]) == set(bare["lanes"]) | {persist_lane}
+    assert set(persistence["lanes"]) == set(bare["lanes"]) | {
+        both["plugins"]["persistence"]["lane"]
+    }
+    # or in a process of their own, the hot lane's process left as the bare one
+    host, observers = bo.variant_processes(base, bo.SECOND_PROCESS)
+    assert host == bare and set(observers["plugins"]) == {"persistence", "metrics"}
+    assert (
+        set(observers["lanes"]) == lanes and observers["kernel"]["name"] != base["kernel"]["name"]
+    )
     assert "metrics" in base["plugins"] and "persistence" in base["plugins"]  # not changed
 
 

@@ -64,6 +64,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ from tickbus.plugins.persistence.schema import DEFAULT_NAME
 from .hdr import PERCENTILES, Histogram
 from .pipeline import (
     CONFIGS,
+    ORDER_PATH,
     QUICK_SECONDS,
     READY_TIMEOUT_S,
     Bench,
@@ -94,11 +96,19 @@ from .pipeline import (
 )
 
 CONFIG = "bench-observed.toml"
-VARIANTS = ("bare", "persistence", "persistence+metrics")
+VARIANTS = ("bare", "persistence", "persistence+metrics", "second-process")
 OBSERVERS = {"bare": (), "persistence": ("persistence",),
-             "persistence+metrics": ("persistence", "metrics")}  # fmt: skip
+             "persistence+metrics": ("persistence", "metrics"),
+             "second-process": ("persistence", "metrics")}  # fmt: skip
+JOIN = {"pub": "bus-pub", "sub": "bus-sub", "tap": "tap-pub"}
+"""A joining process's ``[bus]`` endpoints: the host's sockets in its runtime dir."""
+HOT = "hot"
+"""The hot lane of the config: what it sends to other lanes is what it pays for."""
+SECOND_PROCESS = "second-process"
+"""The variant whose observers run in a process of their own, joined over ``ipc://``."""
 TITLES = {"bare": "bare pipeline", "persistence": "+ persistence",
-          "persistence+metrics": "+ persistence + metrics"}  # fmt: skip
+          "persistence+metrics": "+ persistence + metrics",
+          "second-process": "+ both, own process"}  # fmt: skip
 FIGURES = (("tick_to_trade", "tick-to-trade"), ("tick_to_decision", "tick-to-decision"))
 TARGET_RATIO = 1.10
 ENDPOINT_SAMPLES = ("tickbus_orders_total", "tickbus_tick_to_trade_seconds_count",
@@ -116,14 +126,23 @@ def load_config() -> dict[str, Any]:
         return tomllib.load(fh)
 
 
-def variant_config(raw: dict[str, Any], variant: str) -> dict[str, Any]:
-    """``raw`` (a copy) without the observers ``variant`` leaves out, and without the lanes
-    only they used."""
+def variant_processes(base: dict[str, Any], variant: str) -> list[dict[str, Any]]:
+    """The configs of ``variant``'s processes, the hot lane's first: ``base`` (a copy)
+    without the observers the variant leaves out; for :data:`SECOND_PROCESS`, the hot lane
+    alone and the observers in a second process (which joins the first one's bus)."""
+    everyone = set(OBSERVERS[VARIANTS[-1]])
+    if variant != SECOND_PROCESS:
+        return [_select(base, lambda n: n not in everyone - set(OBSERVERS[variant]))]
+    joined = _select(base, lambda n: n in everyone)
+    joined["kernel"] = {**joined.get("kernel", {}), "name": "bench-observers"}
+    return [_select(base, lambda n: n not in everyone), joined]
+
+
+def _select(raw: dict[str, Any], keep: Callable[[str], bool]) -> dict[str, Any]:
+    """``raw`` (a copy) with the plugins ``keep`` names and the lanes they use."""
     raw = json.loads(json.dumps(raw))  # deep copy
-    plugins = raw.setdefault("plugins", {})
-    for name in set(OBSERVERS[VARIANTS[-1]]) - set(OBSERVERS[variant]):
-        plugins.pop(name, None)
-    used = {t.get("lane") for t in plugins.values()}
+    raw["plugins"] = {n: t for n, t in raw.get("plugins", {}).items() if keep(n)}
+    used = {t.get("lane") for t in raw["plugins"].values()}
     raw["lanes"] = {k: v for k, v in raw.get("lanes", {}).items() if k in used}
     return raw
 
@@ -202,60 +221,72 @@ def db_rows(path: Path) -> dict[str, int]:
         conn.close()
 
 
-def run_variant(bench: Bench, base: dict[str, Any], variant: str, tag: str,
-                scrape_s: float) -> dict[str, Any]:  # fmt: skip
+def run_variant(bench: Bench, base: dict[str, Any], variant: str, tag: str, scrape_s: float,
+                stages: bool = False) -> dict[str, Any]:  # fmt: skip
     """One live-path run of ``variant``: its figures, what its hot lane sent, its rows and
-    scrapes."""
+    scrapes; with ``stages``, every handler's own time too (the probes then add to the
+    latencies)."""
     work = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=bench.work))
-    rt = Path(tempfile.mkdtemp(prefix="tb", dir="/tmp"))  # ipc paths must stay short
     port = free_port()
     source = {"kind": "sim", "port": port, "timeout_s": READY_TIMEOUT_S}
-    raw = _prepare(time_scaled(variant_config(base, variant), bench.speed), rt, source)
+    raws, rts = [], []
+    for i, raw in enumerate(variant_processes(base, variant)):
+        rts.append(Path(tempfile.mkdtemp(prefix="tb", dir="/tmp")))  # ipc paths stay short
+        raw = _prepare(time_scaled(raw, bench.speed), rts[i], source)
+        if i:  # joins the hot lane's bus
+            raw["bus"] = {f"join_{k}": f"ipc://{rts[0]}/{v}" for k, v in JOIN.items()}
+        raws.append(raw)
+    observers = raws[-1]["plugins"]
     url = ""
-    if "metrics" in raw["plugins"]:
+    if "metrics" in observers:
         mport = free_port()
-        raw["plugins"]["metrics"] |= {"address": "127.0.0.1", "port": mport}
+        observers["metrics"] |= {"address": "127.0.0.1", "port": mport}
         url = f"http://127.0.0.1:{mport}/metrics"
-    spec = {"role": "engine", "raw": raw, "config_path": str(CONFIGS / CONFIG),
-            "stages": False, "touch": False, "t2t": True, "t2d": True,
-            "source": source}  # fmt: skip
-    child: Child | None = None
+    children: list[Child] = []
     sim = None
     scraper = Scraper(url, scrape_s) if url else None
     load = os.getloadavg()[0]
     try:
-        child = Child(variant, spec, work)
-        child.wait_ready(READY_TIMEOUT_S)
+        for i, raw in enumerate(raws):
+            spec = {"role": "engine", "raw": raw, "config_path": str(CONFIGS / CONFIG),
+                    "stages": stages, "touch": False, "t2t": True, "t2d": True,
+                    "source": source}  # fmt: skip
+            children.append(Child(f"{variant}-{i}", spec, work))
+            children[-1].wait_ready(READY_TIMEOUT_S)  # the host listens before others join
+        if len(children) > 1:
+            time.sleep(0.3)  # a joining process's subscriptions reach the host's router
         if scraper is not None:
             scraper.start()
         sim = _sim(bench.files, port, bench.speed, work)
-        bench._wait_sim(sim, [child], work)
-        _wait_quiet([child], 120.0)
+        bench._wait_sim(sim, children, work)
+        _wait_quiet(children, 120.0)
         if scraper is not None:
             scraper.stop()
             scraper.scrape()  # everything the run did is in the registry now
-        r = child.stop()
-        rows = db_rows(rt / "state" / DEFAULT_NAME) if "persistence" in raw["plugins"] else None
+        results = [c.stop() for c in reversed(children)][::-1]
+        rows = db_rows(rts[-1] / "state" / DEFAULT_NAME) if "persistence" in observers else None
     finally:
         if scraper is not None:
             scraper.stop()
-        if child is not None:
-            child.kill()
+        for c in children:
+            c.kill()
         if sim is not None and sim.poll() is None:
             sim.terminate()
             sim.wait(10)
-        shutil.rmtree(rt, ignore_errors=True)
-    merged = _merge([r])
+        for rt in rts:
+            shutil.rmtree(rt, ignore_errors=True)
+    merged = _merge(results)
     tick, timer = _t2t_hists(merged)
-    counts = _counts(merged)
+    lanes = {n: s for r in results for n, s in r["lanes"].items()}
     return {
         "variant": variant, "load_avg_1m": round(load, 2),
         "tick_to_trade": tick.to_dict(), "tick_to_decision": merged["t2d"],
-        "timer_orders": timer.count, "counts": counts,
-        "sent": {lane: s["sent"] for lane, s in r["lanes"].items()},
-        "handler_errors": sum(s["handler_errors"] for s in r["lanes"].values()),
+        "timer_orders": timer.count, "counts": _counts(merged),
+        "sent": {lane: s["sent"] for lane, s in lanes.items()},
+        "handler_errors": sum(s["handler_errors"] for s in lanes.values()),
         "db_rows": rows, "scrape": scraper.result() if scraper is not None else None,
-        "peak_rss_mb": round(r["peak_rss_kb"] / 1024, 1),
+        "peak_rss_mb": round(sum(r["peak_rss_kb"] for r in results) / 1024, 1),
+        "stages": merged["stages"],
     }  # fmt: skip
 
 
@@ -296,7 +327,7 @@ def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
                 res[fig]["ratio_to_bare"] = _ratios(rounds, v, fig)
         orders = [max(1, r["counts"]["orders"]) for r in runs]
         res["sent_per_order"] = _spread(
-            [sum(r["sent"].values()) / n for r, n in zip(runs, orders, strict=True)]
+            [r["sent"][HOT] / n for r, n in zip(runs, orders, strict=True)]
         )["median"]
         res["sent_by_lane"] = runs[-1]["sent"]
         res["counts"] = runs[-1]["counts"]
@@ -305,7 +336,36 @@ def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
         res["scrape"] = runs[-1]["scrape"]
         res["handler_errors"] = sum(r["handler_errors"] for r in runs)
         res["peak_rss_mb"] = _spread([r["peak_rss_mb"] for r in runs])["median"]
+        res["stages_us"] = _stages(rounds, v)
         out[v] = res
+    return out
+
+
+def _stages(rounds: list[dict[str, dict[str, Any]]], v: str) -> dict[str, Any]:
+    """Each stage's own time: p50 and p99 (median over the rounds), p50 over the bare
+    pipeline's of the same round."""
+    out: dict[str, Any] = {}
+    keys = sorted({k for rd in rounds if v in rd for k in rd[v].get("stages", {})})
+    for k in keys:
+        per_round = [Histogram.from_dict(rd[v]["stages"][k]).summary()
+                     for rd in rounds if k in rd.get(v, {}).get("stages", {})]  # fmt: skip
+        st: dict[str, Any] = {"n": sum(s["n"] for s in per_round)}
+        if not st["n"]:
+            continue
+        for key in ("p50", "p99"):
+            st[key] = _spread([s[key] for s in per_round if key in s])["median"]
+        ratios = []
+        for rd in rounds:
+            a = rd.get(v, {}).get("stages", {}).get(k)
+            b = rd.get("bare", {}).get("stages", {}).get(k)
+            if v != "bare" and a and b:
+                pa = Histogram.from_dict(a).summary().get("p50")
+                pb = Histogram.from_dict(b).summary().get("p50")
+                if pa is not None and pb:
+                    ratios.append(pa / pb)
+        if ratios:
+            st["ratio_to_bare_p50"] = _spread(ratios)
+        out[k] = st
     return out
 
 
@@ -348,6 +408,12 @@ def print_report(report: dict[str, Any], out: Any = sys.stdout) -> None:
         "pipeline of the same round: median over the rounds [min-max])",
         file=out,
     )
+    if s["stages"]:
+        print(
+            "--stages: every handler probed, so the latencies include the probes' cost; "
+            "stage = the handler's own time, its in-lane publishes included",
+            file=out,
+        )
     rows: list[tuple[str, list[str]]] = []
     for fig, label in FIGURES:
         for key, _ in PERCENTILES:
@@ -384,6 +450,16 @@ def print_report(report: dict[str, Any], out: Any = sys.stdout) -> None:
         f"{sc['scrapes']} / {sc['ms_p50']} / {sc['endpoint']['orders_total']}" if sc else "-"
         for sc in (res[v]["scrape"] for v in vs)]))  # fmt: skip
     rows.append(("peak RSS MB", [_fmt(res[v]["peak_rss_mb"]) for v in vs]))
+    for k in [k for k in ORDER_PATH if any(k in res[v]["stages_us"] for v in vs)]:
+        cells = []
+        for v in vs:
+            st = res[v]["stages_us"].get(k)
+            text = f"{_fmt(st['p50'], 2)} ({_fmt(st['p99'])})" if st else "-"
+            r = st.get("ratio_to_bare_p50") if st else None
+            if r is not None:
+                text += f" {r['median']:.2f}x"
+            cells.append(text)
+        rows.append((f"stage {k} p50 (p99) us", cells))
     head = ["", *[TITLES[v] for v in vs]]
     widths = [max(len(head[0]), *(len(r[0]) for r in rows))]
     for i in range(len(vs)):
@@ -441,6 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"CI: the first {QUICK_SECONDS:g} s of the bundled sample, one round",
     )
+    p.add_argument(
+        "--stages",
+        action="store_true",
+        help="also each handler's own time (probes on every handler: the latencies then "
+        "include their cost)",
+    )
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     return p
@@ -482,7 +564,8 @@ def _run(args: argparse.Namespace) -> int:
             "capture": {"files": [f.name for f in files], "frames": len(frames),
                         "seconds": round(seconds, 1)},
             "settings": {"speed": speed, "rounds": rounds, "scrape_interval_s": scrape_s,
-                         "variants": variants, "config": f"configs/{CONFIG}", "orders": []},
+                         "variants": variants, "config": f"configs/{CONFIG}", "orders": [],
+                         "stages": bool(args.stages)},
         }  # fmt: skip
         del frames
         bench = Bench(files, speed, work, seconds)
@@ -493,7 +576,7 @@ def _run(args: argparse.Namespace) -> int:
             rd: dict[str, dict[str, Any]] = {}
             for v in order:
                 print(f"round {i + 1}/{rounds}: {TITLES[v]} ...", file=sys.stderr)
-                rd[v] = run_variant(bench, base, v, f"{i}-{v}", scrape_s)
+                rd[v] = run_variant(bench, base, v, f"{i}-{v}", scrape_s, args.stages)
             results.append(rd)
         machine["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
         report["variants"] = summarize(results)
