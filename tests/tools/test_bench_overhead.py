@@ -96,9 +96,14 @@ def test_quick_run_measures_the_bare_and_the_observed_hot_lane(tmp_path: Path) -
             values = [v[fig][k] for k in ORDER]
             assert values == sorted(values) and values[0] > 0, (name, fig, values)
     bare, both = res["bare"], res["persistence+metrics"]
-    # an unobserved hot lane encodes nothing; observed, every order crosses lanes
-    assert bare["sent_by_lane"]["hot"] == 0 and bare["db_rows"] is None
+    # an unobserved hot lane encodes nothing; observed, every order crosses lanes, and every
+    # book (the metrics plugin follows md.book) - each send timed in the hot lane
+    assert bare["sent_by_lane"]["hot"] == 0 and bare["db_rows"] is None and not bare["sends_us"]
     assert both["sent_per_order"] > 1
+    books = both["sends_us"]["md.book"]
+    assert books["per_run"] == both["counts"]["book_events"], books
+    assert 0 < books["encode_p50"] and 0 < books["send_p50"] <= books["send_p99"], books
+    assert both["sends_us"]["ord.accepted"]["per_run"] == both["counts"]["accepted"]
     # every order and fill of the run is in the SQLite file
     c = both["counts"]
     assert both["db_rows"]["orders"] == c["orders"] and both["db_rows"]["fills"] == c["fills"]

@@ -1,53 +1,58 @@
 """What persistence and metrics cost the hot lane's tick-to-trade.
 
     python -m tickbus.tools.bench.bench_overhead [--rounds 5] [--speed 25] [--capture FILE ...]
-        [--scrape-interval 1.0] [--quick] [--json FILE] [--keep]
+        [--variants ...] [--scrape-interval 1.0] [--stages] [--quick] [--json FILE] [--keep]
 
 The live-path measurement of ``tickbus bench``'s hot lane (:mod:`.pipeline`: the exchange
 simulator serves a real capture over a WebSocket at ``--speed`` x real time, the feed stamps
 each frame's monotonic receive time, probes at the broker and in the strategy; same probes,
-same time scaling of the strategy's clock) run on three variants of
-``configs/bench-observed.toml``, each in a fresh process:
+same time scaling of the strategy's clock) run on variants of ``configs/bench-observed.toml``,
+each in fresh processes:
 
 * ``bare``: the hot lane alone - every trading plugin in one lane, nothing else (the file
   without its two observers, which is ``configs/bench.toml``);
 * ``persistence``: + the persistence plugin in a lane of its own, writing a real SQLite file
   in a temporary state directory (default settings: commit every 100 ms, WAL, NORMAL);
 * ``persistence+metrics``: + persistence + the metrics plugin in a lane of its own with its
-  real HTTP endpoint, scraped from this process (not the engine's) every
-  ``--scrape-interval`` seconds as Prometheus would, and once more when the input is worked
-  off (that scrape's figures are reported: the endpoint's own count of the tick-caused
-  orders it saw, so a broken endpoint cannot pass).
+  real HTTP endpoint (default settings: it follows ``md.book`` too), scraped from this
+  process every ``--scrape-interval`` seconds as Prometheus would, and once more when the
+  input is worked off (that scrape is read: the endpoint must have seen every order);
+* ``second-process``: both observers in a second process joined over ``ipc://``, so that no
+  other Python thread shares the hot lane's process (and its GIL).
 
-A round runs the three one after the other; the order rotates from round to round (A B C,
-B C A, C A B, ...) so that neither the machine's drift nor a variant's position in the round
+A round runs the variants one after the other; the order rotates from round to round (A B C
+D, B C D A, ...) so that neither the machine's drift nor a variant's place in the round
 favours one. Each figure is taken per round and the median over the rounds is reported; each
-variant's **ratio to the bare pipeline** is taken within a round (same minute, same load)
+variant's **ratio to the bare pipeline** is taken within a round (same minutes, same load)
 and reported as the median of the rounds' ratios with their range (min-max).
 
-What each figure includes (all monotonic clock, one host, HDR histograms of :mod:`.hdr`):
+What each figure includes (monotonic clock, one host, HDR histograms of :mod:`.hdr`):
 
 * **tick-to-trade** (every order accepted by risk that a tick caused; orders a strategy timer
   sent are apart): the paper broker's ``ord.accepted`` handler entered minus the order's
   ``ts_recv_ns`` (the feed's ``ws.recv()`` returned the frame). In between, all in the hot
   lane's thread: parse, book, features, the strategy's decision, its ``sig.`` publish, the
-  order's ``ord.request`` publish, risk, the ``ord.accepted`` publish. With an observer
-  subscribed to a topic, each of those publishes first encodes the message and sends it to
-  the router (a message leaves its lane before its in-lane handlers run) - that, and the
-  observers' threads taking the GIL and the CPU from the hot lane, is what the variants add.
+  order's ``ord.request`` publish, risk, the ``ord.accepted`` publish. When an observer
+  subscribes to a topic, each of those publishes first encodes the message and sends it to
+  the router (a message leaves its lane before its in-lane handlers run): that, and what
+  the observers' threads take from the hot lane (CPU, the GIL), is what the variants add.
   Not included: the broker's own handling of the order and what it publishes after it.
 * **tick-to-decision** (every book event the strategy evaluates): the strategy's
   ``evaluate()`` returned minus the vector's ``ts_recv_ns``; with metrics it includes the
   ``md.book`` encode and send, which come before the book's in-lane handlers.
-* **sent by the hot lane**: the messages the hot lane encoded and sent to other lanes
-  (lane counter), per order; **rows**: rows the persistence plugin committed (read from the
-  database after the run); **scrapes**: HTTP GETs of the endpoint and their duration.
+* **what the hot lane pays per message it sends out** (:class:`SendProbe`, on in every
+  run: two clock reads a send): per topic kind, messages per run, the encode and the
+  ZeroMQ ``send`` call timed in the hot lane's thread, and their total per run.
+* **sent by the hot lane per order** (lane counter); **rows** the persistence plugin
+  committed (read from the database after the run); **scrapes** and their duration.
+* ``--stages``: also each handler's own time (as ``tickbus bench``'s stages pass: every
+  handler probed, so that run's latencies include the probes).
 
 Targets (reported, never asserted): each variant's tick-to-trade within 10 % of the bare
 pipeline's (issue "Effect of persistence and metrics on hot-lane tick-to-trade").
 
 ``--quick`` (CI): the first 40 s of the bundled sample at 40x, one round, a scrape every
-0.25 s: every section of the JSON in a few seconds, figures meaningless.
+0.25 s: every section of the JSON in seconds, figures meaningless.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -90,7 +96,9 @@ from .pipeline import (
     _sim,
     _t2t_hists,
     _wait_quiet,
+    _write_json,
     describe_machine,
+    engine_child,
     free_port,
     time_scaled,
 )
@@ -208,6 +216,107 @@ class Scraper:
         }  # fmt: skip
 
 
+# ============================================================================ the hot lane's sends
+
+
+class SendProbe:
+    """What each message the hot lane sends out costs it: the encode and the ZeroMQ send,
+    timed per topic kind (``md.book``, ``sig``, ``ord.accepted``...). Installed in the engine
+    process before the kernel starts (no kernel change: the codec and the socket class are
+    wrapped); calls from other threads pass through untimed."""
+
+    def __init__(self, thread: str) -> None:
+        self.thread = thread
+        self.hists: dict[str, dict[str, Histogram]] = {}
+
+    def _hist(self, data: bytes, what: str) -> Histogram:
+        end = data.find(b"\0")
+        parts = data[: end if end > 0 else 40].decode(errors="replace").split(".")
+        kind = ".".join(parts[:2]) if parts[0] in ("md", "ord", "exec") else parts[0]
+        h = self.hists.setdefault(kind, {}).get(what)
+        if h is None:
+            h = self.hists[kind][what] = Histogram()
+        return h
+
+    def install(self) -> None:
+        import zmq
+
+        from tickbus.schemas import Codec
+
+        probe, lane, pc = self, self.thread, time.perf_counter_ns
+        send, init = zmq.Socket.send, Codec.__init__
+        pending: list[int] = [0]  # the last encode's time, filed under the frame's topic
+
+        def timed_send(sock: Any, data: Any, *args: Any, **kw: Any) -> Any:
+            if threading.current_thread().name != lane or not isinstance(data, bytes):
+                return send(sock, data, *args, **kw)
+            t0 = pc()
+            try:
+                return send(sock, data, *args, **kw)
+            finally:
+                probe._hist(data, "send").record(pc() - t0)
+                if pending[0]:
+                    probe._hist(data, "encode").record(pending[0])
+                    pending[0] = 0
+
+        def timed_init(codec: Any, *args: Any, **kw: Any) -> None:
+            init(codec, *args, **kw)
+            if threading.current_thread().name != lane:
+                return
+            encode = codec.encode
+
+            def timed_encode(msg: Any) -> bytes:
+                t0 = pc()
+                data: bytes = encode(msg)
+                pending[0] = pc() - t0
+                return data
+
+            codec.encode = timed_encode
+
+        zmq.Socket.send = timed_send  # type: ignore[method-assign]
+        Codec.__init__ = timed_init  # type: ignore[method-assign]
+
+    def result(self) -> dict[str, dict[str, Any]]:
+        return {k: {w: h.to_dict() for w, h in v.items()} for k, v in self.hists.items()}
+
+
+def child_main(spec_path: str) -> int:
+    """An engine process of this bench: :func:`.pipeline.engine_child` with the hot lane's
+    sends timed (written beside its result)."""
+    spec = json.loads(Path(spec_path).read_text())
+    probe = SendProbe(f"lane-{HOT}")
+    probe.install()
+    rc = engine_child(spec)
+    _write_json(spec["out"] + ".sends", probe.result())
+    return rc
+
+
+class ProbedChild(Child):
+    """:class:`.pipeline.Child` started through :func:`child_main`."""
+
+    def __init__(self, name: str, spec: dict[str, Any], work: Path) -> None:
+        self.name, self.work = name, work
+        self.spec = {**spec, "status": str(work / f"{name}.status"),
+                     "out": str(work / f"{name}.out")}  # fmt: skip
+        path = work / f"{name}.spec"
+        path.write_text(json.dumps(self.spec))
+        self.log = work / f"{name}.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tickbus.tools.bench.bench_overhead", "--child", str(path)],
+                stdout=log, stderr=subprocess.STDOUT, cwd=CONFIGS.parent,
+            )  # fmt: skip
+
+    def sends(self) -> dict[str, dict[str, Any]]:
+        try:
+            out: dict[str, dict[str, Any]] = json.loads(
+                Path(self.spec["out"] + ".sends").read_text()
+            )
+        except (OSError, ValueError):
+            raise self.failed("no send timings") from None
+        return out
+
+
 # ============================================================================ one run
 
 
@@ -242,7 +351,7 @@ def run_variant(bench: Bench, base: dict[str, Any], variant: str, tag: str, scra
         mport = free_port()
         observers["metrics"] |= {"address": "127.0.0.1", "port": mport}
         url = f"http://127.0.0.1:{mport}/metrics"
-    children: list[Child] = []
+    children: list[ProbedChild] = []
     sim = None
     scraper = Scraper(url, scrape_s) if url else None
     load = os.getloadavg()[0]
@@ -251,7 +360,7 @@ def run_variant(bench: Bench, base: dict[str, Any], variant: str, tag: str, scra
             spec = {"role": "engine", "raw": raw, "config_path": str(CONFIGS / CONFIG),
                     "stages": stages, "touch": False, "t2t": True, "t2d": True,
                     "source": source}  # fmt: skip
-            children.append(Child(f"{variant}-{i}", spec, work))
+            children.append(ProbedChild(f"{variant}-{i}", spec, work))
             children[-1].wait_ready(READY_TIMEOUT_S)  # the host listens before others join
         if len(children) > 1:
             time.sleep(0.3)  # a joining process's subscriptions reach the host's router
@@ -264,6 +373,7 @@ def run_variant(bench: Bench, base: dict[str, Any], variant: str, tag: str, scra
             scraper.stop()
             scraper.scrape()  # everything the run did is in the registry now
         results = [c.stop() for c in reversed(children)][::-1]
+        sends = children[0].sends()
         rows = db_rows(rts[-1] / "state" / DEFAULT_NAME) if "persistence" in observers else None
     finally:
         if scraper is not None:
@@ -286,7 +396,7 @@ def run_variant(bench: Bench, base: dict[str, Any], variant: str, tag: str, scra
         "handler_errors": sum(s["handler_errors"] for s in lanes.values()),
         "db_rows": rows, "scrape": scraper.result() if scraper is not None else None,
         "peak_rss_mb": round(sum(r["peak_rss_kb"] for r in results) / 1024, 1),
-        "stages": merged["stages"],
+        "stages": merged["stages"], "sends": sends,
     }  # fmt: skip
 
 
@@ -337,6 +447,7 @@ def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
         res["handler_errors"] = sum(r["handler_errors"] for r in runs)
         res["peak_rss_mb"] = _spread([r["peak_rss_mb"] for r in runs])["median"]
         res["stages_us"] = _stages(rounds, v)
+        res["sends_us"] = _sends(runs)
         out[v] = res
     return out
 
@@ -366,6 +477,27 @@ def _stages(rounds: list[dict[str, dict[str, Any]]], v: str) -> dict[str, Any]:
         if ratios:
             st["ratio_to_bare_p50"] = _spread(ratios)
         out[k] = st
+    return out
+
+
+def _sends(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per topic kind the hot lane sent out: messages per run, encode and send p50 and p99,
+    and the hot lane's total time in them per run (median over the rounds)."""
+    out: dict[str, Any] = {}
+    for kind in sorted({k for r in runs for k in r.get("sends", {})}):
+        per = [r["sends"].get(kind, {}) for r in runs]
+        row: dict[str, Any] = {}
+        for what in ("encode", "send"):
+            hists = [Histogram.from_dict(p[what]) for p in per if what in p]
+            sums = [h.summary() for h in hists if h.count]
+            if not sums:
+                continue
+            row[f"{what}_p50"] = _spread([x["p50"] for x in sums])["median"]
+            row[f"{what}_p99"] = _spread([x["p99"] for x in sums])["median"]
+            if what == "send":
+                row["per_run"] = _spread([h.count for h in hists])["median"]
+                row["ms_per_run"] = _spread([h.total / 1e6 for h in hists])["median"]
+        out[kind] = row
     return out
 
 
@@ -460,15 +592,8 @@ def print_report(report: dict[str, Any], out: Any = sys.stdout) -> None:
                 text += f" {r['median']:.2f}x"
             cells.append(text)
         rows.append((f"stage {k} p50 (p99) us", cells))
-    head = ["", *[TITLES[v] for v in vs]]
-    widths = [max(len(head[0]), *(len(r[0]) for r in rows))]
-    for i in range(len(vs)):
-        widths.append(max(len(head[i + 1]), *(len(r[1][i]) for r in rows)))
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)), file=out)
-    for label, cells in rows:
-        print("  ".join([label.ljust(widths[0]), *(c.rjust(w) for c, w in
-                                                   zip(cells, widths[1:], strict=True))]),
-              file=out)  # fmt: skip
+    _table(["", *[TITLES[v] for v in vs]], rows, out)
+    _print_sends(res, [v for v in vs if res[v]["sends_us"]], out)
     for v in vs[1:]:
         r = res[v]["tick_to_trade"].get("ratio_to_bare", {})
         met = {k: r[k]["median"] <= TARGET_RATIO for k in ("p50", "p99") if k in r}
@@ -478,6 +603,40 @@ def print_report(report: dict[str, Any], out: Any = sys.stdout) -> None:
             + ", ".join(f"{k} {'met' if ok else 'NOT met'}" for k, ok in met.items()),
             file=out,
         )
+
+
+def _table(head: list[str], rows: list[tuple[str, list[str]]], out: Any) -> None:
+    """Labels left, cells right-aligned under their heads."""
+    widths = [max(len(head[0]), *(len(r[0]) for r in rows))]
+    for i in range(len(head) - 1):
+        widths.append(max(len(head[i + 1]), *(len(r[1][i]) for r in rows)))
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)), file=out)
+    for label, cells in rows:
+        print("  ".join([label.ljust(widths[0]), *(c.rjust(w) for c, w in
+                                                   zip(cells, widths[1:], strict=True))]),
+              file=out)  # fmt: skip
+
+
+def _print_sends(res: dict[str, Any], vs: list[str], out: Any) -> None:
+    """What the hot lane's sends cost it, per topic kind: messages per run, encode p50,
+    ZeroMQ send p50 (p99) in us, time per run in ms."""
+    if not vs:
+        return
+    kinds = sorted({k for v in vs for k in res[v]["sends_us"]},
+                   key=lambda k: -max(res[v]["sends_us"].get(k, {}).get("ms_per_run", 0)
+                                      for v in vs))  # fmt: skip
+    print("what the hot lane pays per message it sends out: messages per run, encode p50 / "
+          "send p50 (p99) us, total ms per run", file=out)  # fmt: skip
+    rows = []
+    for k in kinds:
+        cells = []
+        for v in vs:
+            r = res[v]["sends_us"].get(k)
+            cells.append(f"{r['per_run']:,.0f}: {r.get('encode_p50', 0):.1f} / {r['send_p50']:.1f}"
+                         f" ({r['send_p99']:,.0f}), {r['ms_per_run']:,.1f} ms"
+                         if r and "send_p50" in r else "-")  # fmt: skip
+        rows.append((f"  {k}", cells))
+    _table(["", *[TITLES[v] for v in vs]], rows, out)
 
 
 # ============================================================================ CLI
@@ -525,11 +684,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.child:
+        return child_main(args.child)
     try:
         return _run(args)
     except BenchError as err:
