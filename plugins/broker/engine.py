@@ -98,8 +98,12 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     position (meaningful when the symbols share a quote asset)."""
     latency_samples: int = 65_536
     """Size of the tick-to-trade ring (live clock only)."""
-    finished_memory: int = 100_000
-    """Finished orders remembered to answer a late cancel or replace with their state."""
+    finished_memory: int = 10_000
+    """Finished orders remembered to answer a late cancel or replace with their state
+    (about 1 KB each: the cap is what keeps a long run's memory flat)."""
+    dedup_window: int = 10_000
+    """A client order id equal to a working one or to one of the last this many (per
+    strategy) is a duplicate (as risk's ``dedup_window``; bounded so memory stays flat)."""
 
     def validate(self, key: str) -> None:
         """Raise TickbusError naming the first bad setting."""
@@ -115,6 +119,7 @@ class BrokerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             ("mark_interval_ms", 0 <= self.mark_interval_ms < 86_400_000),
             ("latency_samples", self.latency_samples >= 1),
             ("finished_memory", self.finished_memory >= 0),
+            ("dedup_window", self.dedup_window >= 1),
         ]
         for name, ok in checks:
             if not ok:
@@ -180,6 +185,7 @@ class PaperBroker:
         self.working: dict[tuple[str, str], Order] = {}
         self.finished: OrderedDict[tuple[str, str], Order] = OrderedDict()
         self._ids: set[tuple[str, str]] = set()
+        self._id_window: deque[tuple[str, str]] = deque()  # _ids in the order they came
         self._fill_ids = itertools.count(1)
         kind = "touch" if cfg.fill_model == "touch" else cfg.queue_model
         self.model = QueueModel(
@@ -348,7 +354,7 @@ class PaperBroker:
             order.to("partially_filled")
         order.filled, order.leaves = up.filled_qty, up.leaves_qty
         order.notional = up.avg_px * up.filled_qty  # the exact one is not restored
-        self._ids.add(order.key)
+        self._use_id(order.key)
         if never_rests(r):
             # its owner, risk and the database must see it end, or it "works" for ever
             order.to("expired")
@@ -412,9 +418,17 @@ class PaperBroker:
 
     def _order_problem(self, r: OrderRequest) -> str:
         key = (r.strategy_id, r.client_order_id)
-        if key in self._ids:
+        if key in self._ids or key in self.working:
             return f"client_order_id {r.client_order_id} of {r.strategy_id} is already used"
         return self._symbol_problem(r.symbol)
+
+    def _use_id(self, key: tuple[str, str]) -> None:
+        """Remember an id as used: the last ``dedup_window`` (working ones always count)."""
+        self._ids.add(key)
+        window = self._id_window
+        window.append(key)
+        if len(window) > self.cfg.dedup_window:
+            self._ids.discard(window.popleft())
 
     def _symbol_problem(self, symbol: str) -> str:
         if self._wanted and symbol not in self._wanted:
@@ -485,11 +499,11 @@ class PaperBroker:
             self._reject(order, "id", "client_order_id and strategy_id must not be empty",
                          remember=False)  # fmt: skip
             return
-        if key in self._ids:
+        if key in self._ids or key in self.working:
             self._reject(order, "duplicate", f"client_order_id {req.client_order_id} was "
                          f"already used by {req.strategy_id}", remember=False)  # fmt: skip
             return
-        self._ids.add(key)
+        self._use_id(key)
         m = self.markets.get(req.symbol)
         kind, reason = self._check(req, m)
         if not kind and req.replaces:

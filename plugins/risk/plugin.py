@@ -85,9 +85,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Kill switch on: also close every position with a market order (cancels first)."""
     state_interval_s: float = 1.0
     """Publish ``risk.state`` this often (kernel clock) besides on every change; 0: only then."""
-    dedup_window: int = 100_000
+    dedup_window: int = 10_000
     """A client order id equal to one of the last this many (per strategy) is a duplicate
-    (about 150 bytes each; 100,000 are 2.8 hours at 10 orders/s)."""
+    (a strategy's ids never repeat: <id>-<run stamp>-<sequence>; 10,000 are 17 minutes at
+    10 orders/s, and the cap keeps a long run's memory flat)."""
     risk_gateway: str = ""
     """``ipc://`` endpoint of an external risk gateway (schemas/risk_gateway.md); "": none."""
     gateway_timeout_ms: float = 20.0

@@ -368,3 +368,21 @@ def test_the_total_over_symbols_is_published_when_asked(start_kernel) -> None:
         last.fills,
     )
     assert tot.qty == 0 and last.qty == Q // 2
+
+
+def test_the_used_ids_are_a_bounded_window_but_a_working_id_never_expires(start_kernel) -> None:
+    """Memory stays flat over a long run: only the last ``dedup_window`` ids are kept
+    (the soak grew ~150 bytes per order for ever before) - but an order still working is
+    never shadowed by a new one with its id, however old it is."""
+    v = Venue(start_kernel, dedup_window=3)
+    book5(v)
+    v.order("buy", Q, P - 5 * SCALE, cid="old")  # rests, working throughout
+    for i in range(6):
+        v.order("buy", Q, P - SCALE, cid=f"c{i}")
+        v.cancel(f"c{i}")
+    assert len(v.broker._ids) == 3
+    v.order("buy", Q, P - SCALE, cid="c5")  # within the window: a duplicate
+    assert v.driver.updates("c5")[-1].status == "rejected"
+    v.order("buy", Q, P - SCALE, cid="old")  # out of the window, but working
+    assert [u.status for u in v.driver.updates("old")] == ["accepted", "rejected"]
+    assert ("s1", "old") in v.broker.working  # the original, not shadowed
