@@ -58,6 +58,7 @@ pipeline's (issue "Effect of persistence and metrics on hot-lane tick-to-trade")
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -68,7 +69,6 @@ import tempfile
 import threading
 import time
 import tomllib
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -186,7 +186,7 @@ class Scraper:
         try:
             with urllib.request.urlopen(self.url, timeout=10) as resp:
                 body = resp.read()
-        except (OSError, urllib.error.URLError) as err:
+        except (OSError, http.client.HTTPException) as err:  # URLError is an OSError
             self.errors.append(f"{type(err).__name__}: {err}")
             return ""
         self.ms.append((time.perf_counter() - t0) * 1e3)
