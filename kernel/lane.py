@@ -135,6 +135,8 @@ class Lane:
         self._connector = connector  # remote lanes: CURVE, frame cap, heartbeats
         self._watch = watch  # remote lanes: report a lost connection to the host bus
         self._subs: list[tuple[str, Handler]] = []
+        self._outbox: list[bytes] = []  # frames for other lanes, sent when a chain is done
+        self._depth = 0  # publish calls in progress on this thread
         self._routes: dict[str, Route] = {}
         self._in_routes: dict[bytes, tuple[Handler, ...]] = {}
         self._interest: dict[bytes, int] = {}
@@ -325,13 +327,14 @@ class Lane:
 
     def publish(self, topic: str, msg: Msg) -> None:
         """Deliver ``msg`` to this lane's subscribers of ``topic`` now, and hand it to the
-        router if anyone outside the lane wants it. Lane thread only."""
+        router if anyone outside the lane wants it - once the chain of handler calls it is
+        part of has returned, in publish order. Lane thread only."""
         route = self._routes.get(topic)
         if route is None:
             route = self._compile(topic)
         route.count[0] += 1
         if route.out:
-            # out first: a handler here may publish what this message causes, and other
+            # queued first: a handler here may publish what this message causes, and other
             # lanes must receive the cause before its effects
             try:
                 frame = route.header + self._encode(msg)
@@ -339,11 +342,12 @@ class Lane:
                 frame = self._encode_wide(route.header, topic, msg, err)
             if frame:
                 if route.to_bus:
-                    self._send(frame, 0, True)
+                    self._outbox.append(frame)
                     self.stats.sent += 1
                 if route.to_tap:
                     self._send_tap(frame, 0, True)
                     self.stats.tapped += 1
+        self._depth += 1
         for handler in route.handlers:
             try:
                 handler(msg)
@@ -351,6 +355,16 @@ class Lane:
                 self._handler_failed(handler, topic)
             except BaseException as err:  # SystemExit... must not kill the lane silently
                 self._handler_failed(handler, topic, err)
+        self._depth -= 1
+        if not self._depth and self._outbox:
+            # the chain this message started is done: what it published goes out now, in
+            # publish order (causes before effects). A send that wakes the router and the
+            # subscriber costs 70-260 us on a busy 2-core machine: made inside the chain,
+            # it delayed the tick's own order (persistence doubled tick-to-trade)
+            out, self._outbox = self._outbox, []
+            send = self._send
+            for f in out:
+                send(f, 0, True)
 
     @property
     def published(self) -> int:

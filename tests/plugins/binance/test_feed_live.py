@@ -111,8 +111,16 @@ def live(start_kernel) -> Iterator[Callable[..., tuple[list[BookTop], Any, SimTh
         while wait_end and not sim.finished:
             assert time.monotonic() < end, "the simulator never reached the end of the capture"
             time.sleep(0.05)
-        time.sleep(0.3)  # let the last frames and the end-of-data close arrive
-        return k.contexts["collector"].component, k, sim
+        # let the last frames and the end-of-data close arrive: until nothing new came for
+        # half a second (a fixed pause was too short on a loaded machine)
+        books = k.contexts["collector"].component
+        seen, quiet_since = -1, time.monotonic()
+        give_up = quiet_since + (10 if wait_end else 0.3)  # a stream still running: a pause
+        while time.monotonic() - quiet_since < 0.5 and time.monotonic() < give_up:
+            if len(books) != seen:
+                seen, quiet_since = len(books), time.monotonic()
+            time.sleep(0.05)
+        return books, k, sim
 
     yield run
     for sim in sims:
