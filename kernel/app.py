@@ -150,6 +150,7 @@ class Kernel:
                 report_failure=self.report_failure,
                 config_dir=Path(cfg.path).resolve().parent if cfg.path != "<config>" else None,
                 bus_stats=self.bus_stats,
+                config_path=Path(cfg.path).resolve() if cfg.path != "<config>" else None,
             )
             self.contexts[name] = ctx
             # set-up may compile numba kernels on a cold cache: tens of seconds, once

@@ -37,6 +37,7 @@ class PluginContext:
         report_failure: Callable[[str], None] | None = None,
         config_dir: Path | None = None,
         bus_stats: Callable[[], dict[str, dict[str, Any]]] | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.name = name
         """Instance name: the ``[plugins.<name>]`` table."""
@@ -51,6 +52,8 @@ class PluginContext:
         self.state_dir = state_dir
         self.config_dir = config_dir or Path.cwd()
         """Directory of the config file: relative paths in a config resolve against it."""
+        self.config_path = config_path
+        """The config file this process runs (None: a config built in memory)."""
         self.log = logging.getLogger(f"tickbus.{name}")
         self.component: Any = None
         """What ``tickbus_setup`` returned."""

@@ -431,6 +431,8 @@ class Strategy(Generic[ConfigT]):
         self.restore(state)
 
     def _restore_done(self, done: Any) -> None:
+        if self._started and not getattr(done, "from_run", None):
+            return  # nothing was restored: its coming late changed nothing
         if self._late("done"):
             return
         run: object = getattr(done, "run_id", None)

@@ -32,7 +32,6 @@ import importlib.metadata
 import os
 import socket
 import sqlite3
-import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -116,18 +115,9 @@ def _version() -> str:
 
 
 def _config_file(ctx: PluginContext) -> Path | None:
-    """The config file this process runs (``tickbus run FILE``), if it can be told: the
-    kernel gives plugins only its directory."""
-    argv = sys.argv[1:]
-    found = [a for a in argv[argv.index("run") + 1:] if not a.startswith("-")][:1] if (
-        "run" in argv) else []  # fmt: skip
-    found += [os.environ.get("TICKBUS_CONFIG", ""), "configs/default.toml"]
-    for name in found:
-        if name:
-            p = Path(name).resolve()
-            if p.is_file() and p.parent == ctx.config_dir.resolve():
-                return p
-    return None
+    """The config file this process runs, if it is one (not a config built in memory)."""
+    p = ctx.config_path
+    return p if p is not None and p.is_file() else None
 
 
 class Persistence:

@@ -115,3 +115,67 @@ def test_bad_symbols_in_config_are_one_line_errors(start_kernel) -> None:
 def test_only_strategy_classes_become_plugins() -> None:
     with pytest.raises(TypeError):
         strategy_plugin(object)  # type: ignore[arg-type]
+
+
+class Keeper(Dipper):
+    """Keeps a counter of books; saves and restores it."""
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.restored_before_start = getattr(self, "got", None)
+
+    def on_book(self, book: BookTop) -> None:
+        self.books_seen = getattr(self, "books_seen", 0) + 1
+
+    def snapshot(self) -> object:
+        return {"books": getattr(self, "books_seen", 0)}
+
+    def restore(self, state: object) -> None:
+        self.got = state
+
+
+def test_snapshots_go_out_when_asked_and_at_stop_and_come_back_before_the_start(
+    start_kernel,
+) -> None:
+    """Persistence asks on ctl.snapshot; the base publishes snap.<id> with the counters and
+    ``snapshot()``; a restart hands that state to ``restore()`` before ``on_start``, and
+    restored state arriving after the start is refused (it would race live orders)."""
+    from tickbus.kernel import PluginContext, hookimpl
+    from tickbus.schemas import ControlCommand, StrategySnapshot
+
+    class snaps:
+        @staticmethod
+        @hookimpl
+        def tickbus_setup(ctx: PluginContext) -> list[StrategySnapshot]:
+            got: list[StrategySnapshot] = []
+            ctx.subscribe("snap.", got.append)
+            return got
+
+    k = start_kernel({"plugins": {"s": {"plugin": "keeper"}, "rec": {}}},
+                     {"keeper": strategy_plugin(Keeper), "rec": snaps})  # fmt: skip
+    lane = k.lanes["main"]
+    for uid in (1, 2, 3):
+        lane.call(lane.publish, "md.book.BTCUSDT", book(uid, uid))
+    lane.call(lane.publish, "ctl.snapshot", ControlCommand("r1", "snapshot", [], 5))
+    lane.call(lane.publish, "ctl.snapshot", ControlCommand("r2", "status", [], 5))  # not ours
+    got = k.contexts["rec"].component
+    assert len(got) == 1 and got[0].strategy_id == "s"
+    saved = got[0]
+    k.stop()
+    assert len(got) == 2, "a last snapshot at the stop"
+
+    class feeder:
+        @staticmethod
+        @hookimpl
+        def tickbus_start(ctx: PluginContext) -> None:
+            ctx.publish("restore.snap.s", saved)
+
+    k2 = start_kernel({"plugins": {"f": {}, "s": {"plugin": "keeper", "after": ["f"]}}},
+                      {"keeper": strategy_plugin(Keeper), "f": feeder})  # fmt: skip
+    s2: Keeper = k2.contexts["s"].component
+    assert s2.restored_before_start == {"books": 3}
+    # after the start: refused, nothing applied
+    lane2 = k2.lanes["main"]
+    other = StrategySnapshot("s", '{"stats": {"orders": 99}, "state": {"books": 7}}', 9)
+    lane2.call(lane2.publish, "restore.snap.s", other)
+    assert s2.got == {"books": 3} and s2.stats["orders"] == 0
