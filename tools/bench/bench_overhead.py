@@ -63,7 +63,6 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -294,18 +293,7 @@ def child_main(spec_path: str) -> int:
 class ProbedChild(Child):
     """:class:`.pipeline.Child` started through :func:`child_main`."""
 
-    def __init__(self, name: str, spec: dict[str, Any], work: Path) -> None:
-        self.name, self.work = name, work
-        self.spec = {**spec, "status": str(work / f"{name}.status"),
-                     "out": str(work / f"{name}.out")}  # fmt: skip
-        path = work / f"{name}.spec"
-        path.write_text(json.dumps(self.spec))
-        self.log = work / f"{name}.log"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tickbus.tools.bench.bench_overhead", "--child", str(path)],
-                stdout=log, stderr=subprocess.STDOUT, cwd=CONFIGS.parent,
-            )  # fmt: skip
+    module = "tickbus.tools.bench.bench_overhead"
 
     def sends(self) -> dict[str, dict[str, Any]]:
         try:

@@ -1165,6 +1165,9 @@ def free_port() -> int:
 class Child:
     """One benchmark process (``--child SPEC``), its status and result files."""
 
+    module = "tickbus.tools.bench.pipeline"
+    """The module run with ``--child``."""
+
     def __init__(self, name: str, spec: dict[str, Any], work: Path) -> None:
         self.name = name
         self.work = work
@@ -1175,7 +1178,7 @@ class Child:
         self.log = work / f"{name}.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tickbus.tools.bench.pipeline", "--child", str(path)],
+                [sys.executable, "-m", self.module, "--child", str(path)],
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
             )  # fmt: skip
 
