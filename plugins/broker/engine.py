@@ -211,8 +211,9 @@ class PaperBroker:
         self.trading = False
         """The start hook ran: restore messages are refused from now on (:mod:`.restore`)."""
         self._held: Any = None
-        self._expired_at_start: list[OrderUpdate] = []
         """A ``restore.order`` waiting for its ``restore.report``."""
+        self._expired_at_start: list[Order] = []
+        """Restored orders that never rest, reported expired when trading starts."""
         self.stats: dict[str, int] = dict.fromkeys(
             ("orders", "accepted", "rejected", "fills", "canceled", "expired",
              "cancel_rejected", "bad", "restored_positions", "restored_orders",
@@ -363,9 +364,7 @@ class PaperBroker:
             self._remember(order)
             # reported at the start: every plugin has its restored copy by then, whatever
             # the order of their subscriptions
-            self._expired_at_start.append(order.update(
-                f"restored from an earlier run: a {r.order_type} {r.tif} order does not"
-                " survive a restart", r.ts_recv_ns, 0))  # fmt: skip
+            self._expired_at_start.append(order)
             return
         self.working[order.key] = order
         m = self.markets.get(r.symbol) or self._market(r.symbol)
@@ -400,8 +399,11 @@ class PaperBroker:
         self._unpaired()
         self.trading = True
         now = self._now()
-        for up in self._expired_at_start:
-            self._publish("exec.report", msgspec.structs.replace(up, ts_update_ns=now))
+        for order in self._expired_at_start:
+            r = order.req
+            self._publish("exec.report", order.update(
+                f"restored from an earlier run: a {r.order_type} {r.tif} order does not survive"
+                " a restart", r.ts_recv_ns, now))  # fmt: skip
         self._expired_at_start.clear()
 
     def _unpaired(self) -> None:

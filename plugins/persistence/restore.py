@@ -73,6 +73,11 @@ class Account:
         if qty > close:  # through zero: the rest opens the other side at px
             self.cost = self.qty * px
 
+    def position(self, symbol: str, mark: int, ts_recv_ns: int, ts_update_ns: int) -> Position:
+        """The account as a ``Position`` message, marked at ``mark``."""
+        return Position(symbol, self.qty, self.cost, self.realized, self.qty * mark - self.cost,
+                        self.fees, mark, self.fills, ts_recv_ns, ts_update_ns)  # fmt: skip
+
 
 @dataclass
 class Restored:
@@ -157,8 +162,7 @@ def _positions(conn: sqlite3.Connection, before_run: int, clock: str) -> list[Po
         ).fetchone()
         mark = row[0] if row and row[0] else marks.get(sym, 0)
         ts_recv, ts_update = times.get(sym, (0, 0))
-        out.append(Position(sym, acc.qty, acc.cost, acc.realized, acc.qty * mark - acc.cost,
-                            acc.fees, mark, acc.fills, ts_recv, ts_update))  # fmt: skip
+        out.append(acc.position(sym, mark, ts_recv, ts_update))
     return out
 
 
@@ -182,8 +186,7 @@ def _strategy_positions(
     out = []
     for (sid, sym), acc in sorted(accounts.items()):
         mark, ts_recv, ts_fill = last[sid, sym]
-        out.append((sid, Position(sym, acc.qty, acc.cost, acc.realized, acc.qty * mark - acc.cost,
-                                  acc.fees, mark, acc.fills, ts_recv, ts_fill)))  # fmt: skip
+        out.append((sid, acc.position(sym, mark, ts_recv, ts_fill)))
     return out
 
 
