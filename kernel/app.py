@@ -134,6 +134,7 @@ class Kernel:
             lane.start()
             self.lanes[lane_name] = lane
 
+        config_path = Path(cfg.path).resolve() if cfg.path != "<config>" else None
         for name in self.order:
             entry = enabled[name]
             lane = self.lanes[entry.lane]
@@ -148,9 +149,9 @@ class Kernel:
                 state_dir=cfg.state_dir,
                 request_shutdown=self.request_shutdown,
                 report_failure=self.report_failure,
-                config_dir=Path(cfg.path).resolve().parent if cfg.path != "<config>" else None,
+                config_dir=config_path.parent if config_path else None,
                 bus_stats=self.bus_stats,
-                config_path=Path(cfg.path).resolve() if cfg.path != "<config>" else None,
+                config_path=config_path,
             )
             self.contexts[name] = ctx
             # set-up may compile numba kernels on a cold cache: tens of seconds, once

@@ -431,16 +431,17 @@ class Strategy(Generic[ConfigT]):
         self.restore(state)
 
     def _restore_done(self, done: Any) -> None:
-        if self._started and not getattr(done, "from_run", None):
+        from_run = getattr(done, "from_run", None)
+        if self._started and not from_run:
             return  # nothing was restored: its coming late changed nothing
         if self._late("done"):
             return
         run: object = getattr(done, "run_id", None)
-        if isinstance(run, int) and run > 0 and getattr(done, "from_run", None):
+        if from_run and isinstance(run, int) and run > 0:
             self._restart = f"r{_base36(run)}"
         net = ", ".join(f"{sym} {q / SCALE:g}" for sym, q in self._net.items())
-        self.log.info("restored from run %s: net %s, %d working order(s)",
-                      getattr(done, "from_run", "?"), net, len(self.orders))  # fmt: skip
+        self.log.info("restored from run %s: net %s, %d working order(s)", from_run, net,
+                      len(self.orders))  # fmt: skip
 
     def _late(self, what: str) -> bool:
         """Restored state after the start would race live orders: refused, loudly."""
